@@ -1,0 +1,1 @@
+"""Biometry: geometry that turns segmentation masks into clinical measurements."""

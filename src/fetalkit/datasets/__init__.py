@@ -1,0 +1,1 @@
+"""Dataset readers, one module per format, plus the one split helper."""

@@ -1,0 +1,59 @@
+"""The one place where datasets are split: by group (subject / id block), never by frame."""
+
+from __future__ import annotations
+
+from typing import Hashable, Sequence
+
+import numpy as np
+
+
+def group_split(groups: Sequence[Hashable], val_fraction: float = 0.2, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Split item indices into train / validation so that no group is on both sides.
+
+    Parameters
+    ----------
+    groups : one group key per item (e.g. the subject id of each image).
+    val_fraction : fraction of groups (not items) sent to validation.
+    seed : seed of the shuffle of the sorted unique groups, so a split is reproducible.
+
+    Returns
+    -------
+    (train_indices, val_indices), sorted int arrays.
+
+    >>> tr, va = group_split(["a", "a", "b", "c"], val_fraction=0.34, seed=0)
+    >>> sorted(set(tr) | set(va)) == [0, 1, 2, 3]
+    True
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError("val_fraction must be in (0, 1)")
+    keys = np.asarray([str(g) for g in groups])
+    unique = np.array(sorted(set(keys.tolist())))
+    if len(unique) < 2:
+        raise ValueError("need at least two groups to split")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique))
+    n_val = min(len(unique) - 1, max(1, int(round(val_fraction * len(unique)))))
+    val_groups = set(unique[order[:n_val]].tolist())
+    is_val = np.array([k in val_groups for k in keys])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def block_groups(ids: Sequence[int], block_size: int) -> list[int]:
+    """Group consecutive integer ids into blocks (for sets whose neighbouring ids share an acquisition)."""
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
+    return [int(i) // block_size for i in ids]
+
+
+def train_val_test_split(groups: Sequence[Hashable], val_fraction: float = 0.15, test_fraction: float = 0.15,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three-way group split: a held-out test part first, then train / validation from the rest.
+
+    The test part depends only on ``seed`` and ``test_fraction``, so changing the
+    validation fraction never moves an item into or out of the test part.
+    """
+    dev, test = group_split(groups, test_fraction, seed)
+    dev_groups = [groups[i] for i in dev]
+    tr, va = group_split(dev_groups, val_fraction / (1.0 - test_fraction), seed + 1)
+    return dev[tr], dev[va], test

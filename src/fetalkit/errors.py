@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Every error a user can cause (a bad file, a missing value, a wrong shape) is a
+``FetalkitError`` whose message names the file and what to do.  The CLI turns it
+into one red line and a non-zero exit; it is never shown as a traceback.
+"""
+
+
+class FetalkitError(Exception):
+    """An error caused by user input, with a message that says how to fix it."""
+
+
+class InputError(FetalkitError):
+    """An input file cannot be read or does not hold what was expected."""
+
+
+class DataError(FetalkitError):
+    """A dataset folder is missing, empty or in the wrong layout."""
+
+
+class ModelError(FetalkitError):
+    """A model file or card is missing, invalid or of the wrong kind."""
+
+
+class MeasurementError(FetalkitError):
+    """A measurement could not be made on an otherwise valid input (e.g. no head found)."""

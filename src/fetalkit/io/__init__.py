@@ -1,0 +1,1 @@
+"""Input/output: frames as H x W uint8 grayscale numpy arrays."""
