@@ -67,6 +67,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from fetalkit.biometry.regions import largest_region
 from fetalkit.errors import InputError, MeasurementError
 
 CaudalEnd = Literal["right", "left", "up", "down"]
@@ -98,15 +99,6 @@ class AngleOfProgression:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Largest 8-connected foreground region of a mask, as uint8 {0, 1}."""
-    binary = (np.asarray(mask) > 0).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    if n <= 2:
-        return binary
-    return (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
 
 
 def principal_axis_endpoints(points_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +166,7 @@ def outline_points(mask: np.ndarray) -> np.ndarray:
 
 def convex_outline(mask: np.ndarray) -> np.ndarray:
     """Convex hull (M x 2 float, x then y) of the outline of a binary mask's largest region."""
-    points = outline_points(largest_component(mask)).astype(np.float32)
+    points = outline_points(largest_region(mask)).astype(np.float32)
     return cv2.convexHull(points).reshape(-1, 2).astype(np.float64)
 
 
@@ -254,8 +246,8 @@ def aop_from_masks(ps_mask: np.ndarray, head_mask: np.ndarray, caudal_end: Cauda
         raise ValueError(f"opening must be 'counterclockwise', 'clockwise' or 'auto', got {opening!r}")
     if caudal_end not in _DIRECTIONS:
         raise ValueError(f"caudal_end must be one of {sorted(_DIRECTIONS)}, got {caudal_end!r}")
-    ps = largest_component(ps_mask)
-    head = largest_component(head_mask)
+    ps = largest_region(ps_mask)
+    head = largest_region(head_mask)
     n_ps, n_head = int(ps.sum()), int(head.sum())
     if n_ps == 0:
         raise MeasurementError("no pubic symphysis in the mask")

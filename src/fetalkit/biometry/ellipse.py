@@ -20,6 +20,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from fetalkit.biometry.regions import largest_region
 from fetalkit.errors import MeasurementError
 from fetalkit.types import Ellipse, HeadMeasurement
 
@@ -66,16 +67,6 @@ def fit_ellipse_to_points(points_xy: np.ndarray) -> Ellipse:
     (cx, cy), (w, h), angle = cv2.fitEllipse(pts)
     # OpenCV returns full axis lengths; ``w`` lies along ``angle``.
     return make_ellipse(cx, cy, w / 2.0, h / 2.0, angle)
-
-
-def largest_region(mask: np.ndarray) -> np.ndarray:
-    """Keep only the largest 8-connected foreground region of a binary mask (uint8 0/1)."""
-    binary = (np.asarray(mask) > 0).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    if n <= 1:
-        return binary
-    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return (labels == biggest).astype(np.uint8)
 
 
 def fit_ellipse_to_mask(mask: np.ndarray, min_area_px: int = 100) -> Ellipse:

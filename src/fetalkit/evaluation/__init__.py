@@ -1,0 +1,1 @@
+"""Evaluation: metric wrappers (MONAI for Dice / Hausdorff) and per-image reports."""

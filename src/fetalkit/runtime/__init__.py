@@ -1,0 +1,1 @@
+"""Runtime: numpy + OpenCV + onnxruntime. Never imports torch."""

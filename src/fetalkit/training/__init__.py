@@ -1,0 +1,1 @@
+"""Training (torch-only; the ``[train]`` extra). Imported lazily by the CLI."""
