@@ -1,0 +1,361 @@
+"""The ``fetalkit`` command line: thin wrappers that parse, call and print.
+
+User errors (``FetalkitError``) become one red line and exit status 1.
+Torch-based commands (train, eval, export) import their modules lazily, so the
+runtime install (no torch) still runs everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from fetalkit.errors import FetalkitError
+
+app = typer.Typer(help="fetalkit: fetal-ultrasound AI on an ordinary CPU.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+train_app = typer.Typer(help="Train models on your own labelled data.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate models on labelled data.", no_args_is_help=True)
+export_app = typer.Typer(help="Export trained checkpoints to ONNX + model card.", no_args_is_help=True)
+biometry_app = typer.Typer(help="Measure: fetal head (HC, BPD, OFD), angle of progression.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+app.add_typer(export_app, name="export")
+app.add_typer(biometry_app, name="biometry")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _needs_training_extra() -> None:
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        fail("this command needs the training extra: pip install 'fetalkit[train]'")
+
+
+@app.command("models")
+def models_cmd(json_out: bool = typer.Option(False, "--json", help="Print the model cards as JSON.")):
+    """List the bundled models with their model cards."""
+    from fetalkit.runtime.registry import bundled_cards
+    cards = bundled_cards()
+    if json_out:
+        out.print_json(json.dumps(cards))
+        return
+    from rich.table import Table
+    table = Table(title="bundled models")
+    for col in ("name", "task", "input", "params", "size MB", "metrics (held-out)"):
+        table.add_column(col)
+    for c in cards:
+        metrics = ", ".join(f"{k} {v}" for k, v in c.get("metrics", {}).items())
+        table.add_row(c["name"], c["task"], "x".join(map(str, c["input_hw"])), f"{c.get('params', 0)/1e6:.2f} M",
+                      f"{c.get('file_mb', 0):.1f}", metrics)
+    out.print(table)
+
+
+def _train_segmenter(task: str, data: Optional[Path], out_dir: Path, cfg, resume: bool) -> None:
+    """Shared body of the ``train *-seg`` commands: progress bars, per-epoch lines, summary."""
+    from rich.progress import Progress
+    from fetalkit.config import dataset_dir
+    if task == "head-seg":
+        from fetalkit.training.headseg import train_head_seg as train_fn
+        root, key, unit = data or dataset_dir("hc18"), "val_hc_mae_mm", "mm"
+    else:
+        from fetalkit.training.psfhsseg import train_psfhs_seg as train_fn
+        root, key, unit = data or dataset_dir("psfhs"), "val_score", ""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
+    with Progress(console=console) as bar:
+        load = bar.add_task("reading data", total=None)
+        task_bar = bar.add_task("training", total=cfg.epochs)
+
+        def on_epoch(row):
+            bar.update(task_bar, completed=row["epoch"] + 1)
+            metrics = "  ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+            bar.console.print(f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  {metrics}  ({row['seconds']} s)")
+        result = train_fn(root, out_dir, cfg, resume=resume, progress=on_epoch,
+                          load_progress=lambda i, n: bar.update(load, completed=i, total=n))
+    out.print(f"best {key} {result['best']:.4f} {unit}; checkpoints and metrics in {out_dir}")
+
+
+@train_app.command("head-seg")
+def train_head_seg_cmd(
+    data: Path = typer.Option(None, "--data", help="HC18 folder (with training_set/ and its csv). Default: $FETALKIT_DATA/hc18."),
+    out_dir: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.csv, metrics.png, split.txt."),
+    arch: str = typer.Option("unet-mobilenet_v2", help="Architecture (see fetalkit.training.models.SEG_ARCHS)."),
+    init: str = typer.Option("imagenet", help="Encoder initialisation: imagenet (offline weights) or random."),
+    strategy: str = typer.Option("full", help="full fine-tuning, or decoder (frozen encoder)."),
+    epochs: int = typer.Option(20, min=1),
+    batch_size: int = typer.Option(8, min=1),
+    lr: float = typer.Option(2e-3, help="Peak one-cycle learning rate (the pretrained encoder gets lr/3)."),
+    input_h: int = typer.Option(176, help="Model input height (a multiple of 32)."),
+    input_w: int = typer.Option(256, help="Model input width (a multiple of 32)."),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the augmentation."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+    resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
+):
+    """Train the fetal head segmenter on HC18 (subject-level split, seeded, resumable)."""
+    _needs_training_extra()
+    from fetalkit.training.segment import TrainConfig
+    cfg = TrainConfig(arch=arch, init=init, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr,
+                      seed=seed, input_hw=(input_h, input_w), threads=threads)
+    _train_segmenter("head-seg", data, out_dir, cfg, resume)
+
+
+@train_app.command("psfhs-seg")
+def train_psfhs_seg_cmd(
+    data: Path = typer.Option(None, "--data", help="PSFHS folder (image/ + label/). Default: $FETALKIT_DATA/psfhs."),
+    out_dir: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.csv, metrics.png, split.txt."),
+    arch: str = typer.Option("unet-mobilenet_v2", help="Architecture (see fetalkit.training.models.SEG_ARCHS)."),
+    init: str = typer.Option("imagenet", help="Encoder initialisation: imagenet (offline weights) or random."),
+    strategy: str = typer.Option("full", help="full fine-tuning, or decoder (frozen encoder)."),
+    epochs: int = typer.Option(20, min=1),
+    batch_size: int = typer.Option(8, min=1),
+    lr: float = typer.Option(2e-3, help="Peak one-cycle learning rate (the pretrained encoder gets lr/3)."),
+    input_size: int = typer.Option(256, help="Model input height = width (a multiple of 32)."),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the augmentation."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+    resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
+):
+    """Train the pubic symphysis + fetal head segmenter on PSFHS (id-block split, seeded, resumable)."""
+    _needs_training_extra()
+    from fetalkit.training.segment import TrainConfig
+    # No horizontal flip: in PSFHS the caudal end of the symphysis is on the right, and AoP depends on it.
+    cfg = TrainConfig(arch=arch, init=init, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr,
+                      seed=seed, input_hw=(input_size, input_size), threads=threads, hflip=False)
+    _train_segmenter("psfhs-seg", data, out_dir, cfg, resume)
+
+
+@eval_app.command("head-seg")
+def eval_head_seg_cmd(
+    data: Path = typer.Option(None, "--data", help="HC18 folder. Default: $FETALKIT_DATA/hc18."),
+    model: str = typer.Option(None, "--model", help="Bundled model name or .onnx path (default: the bundled head model)."),
+    split: str = typer.Option("test", help="Part of the subject-level split: test (held out), val, train or all."),
+    seed: int = typer.Option(0, help="Split seed (the one used for training)."),
+    out_dir: Path = typer.Option(None, "--out", help="Folder for per_image.csv and summary.json."),
+    limit: int = typer.Option(0, help="Score only the first N images of the split (0 = all)."),
+    card: bool = typer.Option(False, "--update-card", help="Store the figures in the model's card."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Dice, Hausdorff distance (mm) and HC difference (mm, %) of a head model on HC18 (MONAI metrics)."""
+    _needs_training_extra()
+    from rich.progress import Progress
+    from fetalkit.config import dataset_dir
+    from fetalkit.evaluation.head import evaluate_head
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"scoring {split}", total=None)
+        summary = evaluate_head(data or dataset_dir("hc18"), model, split, seed, out_dir, limit or None,
+                                progress=lambda i, n: bar.update(task, completed=i, total=n))
+    if card:
+        from fetalkit.training.export import update_card
+        update_card(Path(summary["model"]), "metrics", {
+            f"{split}_{k}": round(v, 4) for k, v in summary.items() if k.endswith(("_mean", "_median"))} |
+            {f"{split}_n_images": summary["n_images"]})
+    if json_out:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(f"{summary['n_images']} images ({split} split, seed {seed}), {summary['n_failed']} without a head")
+    out.print(f"Dice {summary['dice_mean']:.4f}   Hausdorff {summary['hd_mm_mean']:.2f} mm   "
+              f"|HC diff| {summary['hc_abs_diff_mm_mean']:.2f} mm ({summary['hc_abs_diff_pct_mean']:.2f} %), "
+              f"median {summary['hc_abs_diff_mm_median']:.2f} mm")
+    if out_dir:
+        out.print(f"per-image results: {out_dir / 'per_image.csv'}")
+
+
+def _export(task: str, checkpoint: Path, out_path: Path, name: Optional[str]) -> None:
+    _needs_training_extra()
+    import numpy as np
+    from fetalkit.errors import InputError
+    from fetalkit.training.export import TASK_CLASSES, export_segmenter, torch_onnx_max_abs_diff
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: checkpoint not found")
+    card = export_segmenter(checkpoint, task, out_path, name)
+    n_out = 1 if len(TASK_CLASSES[task]) == 1 else len(TASK_CLASSES[task])
+    rng = np.random.default_rng(0)
+    diff = torch_onnx_max_abs_diff(checkpoint, out_path, [rng.integers(0, 255, (540, 800), dtype=np.uint8)], n_out)
+    out.print(f"wrote {out_path} ({out_path.stat().st_size / 2**20:.1f} MB, {card['params'] / 1e6:.2f} M params); "
+              f"max |torch - onnx| = {diff:.2e}")
+
+
+@export_app.command("head-seg")
+def export_head_seg_cmd(
+    checkpoint: Path = typer.Argument(..., help="A run's best.pt (or last.pt)."),
+    out_path: Path = typer.Option(..., "--out", help="Target .onnx file (the card .json is written beside it)."),
+    name: str = typer.Option(None, help="Model name in the card (default: file stem)."),
+):
+    """Export a head-seg checkpoint to ONNX + card and check torch/onnxruntime parity."""
+    _export("head-seg", checkpoint, out_path, name)
+
+
+@export_app.command("psfhs-seg")
+def export_psfhs_seg_cmd(
+    checkpoint: Path = typer.Argument(..., help="A run's best.pt (or last.pt)."),
+    out_path: Path = typer.Option(..., "--out", help="Target .onnx file (the card .json is written beside it)."),
+    name: str = typer.Option(None, help="Model name in the card (default: file stem)."),
+):
+    """Export a psfhs-seg checkpoint to ONNX + card and check torch/onnxruntime parity."""
+    _export("psfhs-seg", checkpoint, out_path, name)
+
+
+@eval_app.command("psfhs-seg")
+def eval_psfhs_seg_cmd(
+    data: Path = typer.Option(None, "--data", help="PSFHS folder. Default: $FETALKIT_DATA/psfhs."),
+    model: str = typer.Option(None, "--model", help="Bundled model name or .onnx path (default: the bundled PSFHS model)."),
+    split: str = typer.Option("test", help="Part of the id-block split: test (held out), val, train or all."),
+    seed: int = typer.Option(0, help="Split seed (the one used for training)."),
+    out_dir: Path = typer.Option(None, "--out", help="Folder for per_image.csv and summary.json."),
+    limit: int = typer.Option(0, help="Score only the first N images of the split (0 = all)."),
+    card: bool = typer.Option(False, "--update-card", help="Store the figures in the model's card."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Per-class Dice / HD95 / ASD (px), |delta AoP| and the challenge score of a PSFHS model (MONAI metrics)."""
+    _needs_training_extra()
+    from rich.progress import Progress
+    from fetalkit.config import dataset_dir
+    from fetalkit.evaluation.psfhs import evaluate_psfhs
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"scoring {split}", total=None)
+        s = evaluate_psfhs(data or dataset_dir("psfhs"), model, split, seed, out_dir, limit or None,
+                           progress=lambda i, n: bar.update(task, completed=i, total=n))
+    if card:
+        from fetalkit.training.export import update_card
+        update_card(Path(s["model"]), "metrics", {f"{split}_{k}": round(v, 4) for k, v in s.items()
+                                                  if k.endswith(("_mean", "_median", "score"))}
+                    | {f"{split}_n_images": s["n_images"]})
+    if json_out:
+        out.print_json(json.dumps(s))
+        return
+    out.print(f"{s['n_images']} images ({split} split, seed {seed}), {s['n_errors']} with an AoP error")
+    out.print(f"pubic symphysis  Dice {s['dice_ps_mean']:.4f}  HD95 {s['hd95_ps_mean']:.2f} px  ASD {s['asd_ps_mean']:.2f} px")
+    out.print(f"fetal head       Dice {s['dice_fh_mean']:.4f}  HD95 {s['hd95_fh_mean']:.2f} px  ASD {s['asd_fh_mean']:.2f} px")
+    out.print(f"|delta AoP| mean {s['aop_abs_diff_deg_mean']:.2f} deg, median {s['aop_abs_diff_deg_median']:.2f} deg;  "
+              f"challenge score {s['challenge_score']:.4f}")
+
+
+@biometry_app.command("head")
+def biometry_head_cmd(
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder: measurements.csv and <stem>_overlay.png."),
+    pixel_mm: Optional[float] = typer.Option(None, "--pixel-mm", help="Pixel size in mm for all inputs."),
+    pixel_csv: Optional[Path] = typer.Option(None, "--pixel-csv", help="HC18-style csv: filename,pixel size(mm)[,...]."),
+    model: str = typer.Option(None, "--model", help="Bundled model name or .onnx path (default: the bundled head model)."),
+    overlays: bool = typer.Option(True, help="Write overlay PNGs."),
+    threads: int = typer.Option(2, help="onnxruntime threads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+):
+    """Measure fetal head circumference, BPD and OFD on 2D ultrasound images."""
+    from rich.progress import Progress
+    from fetalkit.biometry.head_job import measure_files
+    with Progress(console=console, transient=True, disable=quiet or json_out) as bar:
+        task = bar.add_task("measuring", total=None)
+        rows = measure_files(inputs, out_dir, pixel_mm, pixel_csv, model, overlays, threads,
+                             progress=lambda i, n: bar.update(task, completed=i, total=n))
+    failed = [r for r in rows if r["error"]]
+    if json_out:
+        out.print_json(json.dumps(rows))
+    elif not quiet:
+        from rich.table import Table
+        units = "mm" if (pixel_mm or pixel_csv) else "px"
+        table = Table(title=f"fetal head biometry ({units})")
+        for col in ("file", f"HC {units}", f"BPD {units}", f"OFD {units}"):
+            table.add_column(col)
+        for r in rows[:20]:
+            if not r["error"]:
+                table.add_row(Path(r["filename"]).name, r[f"hc_{units}"], r[f"bpd_{units}"], r[f"ofd_{units}"])
+        out.print(table)
+        if len(rows) > 20:
+            out.print(f"... {len(rows) - 20} more rows")
+        if units == "px":
+            out.print("no pixel size given (--pixel-mm / --pixel-csv): lengths are in pixels (hc_px, bpd_px, ofd_px)")
+        out.print(f"{len(rows) - len(failed)} measured, {len(failed)} failed; results in {out_dir / 'measurements.csv'}")
+    for r in failed:
+        console.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo_cmd(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
+             n: int = typer.Option(6, help="Number of phantom images."),
+             seed: int = typer.Option(0, help="Phantom seed.")):
+    """Run head biometry on generated phantom images and compare with their exact truth."""
+    from rich.table import Table
+    from fetalkit.demo import run_head_demo
+    with console.status("measuring phantom heads with the bundled model"):
+        rows = run_head_demo(out_dir, n, seed)
+    table = Table(title="fetal head biometry on phantom images (true HC is exact)")
+    for col in ("image", "true HC mm", "measured HC mm", "diff mm", "BPD mm", "OFD mm"):
+        table.add_column(col, justify="right")
+    diffs = []
+    for r in rows:
+        if r["error"]:
+            table.add_row(Path(r["filename"]).name, f"{r['hc_true_mm']:.1f}", "failed", r["error"], "", "")
+            continue
+        d = float(r["hc_mm"]) - r["hc_true_mm"]
+        diffs.append(abs(d))
+        table.add_row(Path(r["filename"]).name, f"{r['hc_true_mm']:.1f}", r["hc_mm"], f"{d:+.1f}", r["bpd_mm"], r["ofd_mm"])
+    out.print(table)
+    if diffs:
+        out.print(f"mean |HC diff| {sum(diffs) / len(diffs):.2f} mm on {len(diffs)} of {len(rows)} images, "
+                  f"{len(rows) / rows[0]['seconds_total']:.1f} images/s including model load and overlays")
+    out.print(f"inputs:       {out_dir / 'phantoms'}")
+    out.print(f"measurements: {out_dir / 'biometry' / 'measurements.csv'}")
+    out.print(f"overlays:     {out_dir / 'biometry'}/*_overlay.png")
+
+
+@biometry_app.command("aop")
+def biometry_aop_cmd(
+    inputs: List[Path] = typer.Argument(..., help="Transperineal ultrasound images and/or folders."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder: measurements.csv, masks/<stem>.png, overlays."),
+    model: str = typer.Option(None, "--model", help="Bundled model name or .onnx path (default: the bundled PSFHS model)."),
+    caudal_end: str = typer.Option("right", help="Image side of the caudal end of the pubic symphysis (PSFHS: right)."),
+    opening: str = typer.Option("counterclockwise", help="Screen direction in which the angle opens: counterclockwise, clockwise or auto."),
+    overlays: bool = typer.Option(True, help="Write overlay PNGs."),
+    threads: int = typer.Option(2, help="onnxruntime threads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+):
+    """Segment pubic symphysis + fetal head and measure the angle of progression (ISUOG)."""
+    from rich.progress import Progress
+    from fetalkit.biometry.labour import measure_aop_files
+    if caudal_end not in ("right", "left", "up", "down"):
+        fail(f"--caudal-end must be right, left, up or down, got {caudal_end!r}")
+    if opening not in ("counterclockwise", "clockwise", "auto"):
+        fail(f"--opening must be counterclockwise, clockwise or auto, got {opening!r}")
+    with Progress(console=console, transient=True, disable=quiet or json_out) as bar:
+        task = bar.add_task("measuring", total=None)
+        rows = measure_aop_files(inputs, out_dir, model, threads, overlays, caudal_end, opening,
+                                 progress=lambda i, n: bar.update(task, completed=i, total=n))
+    failed = [r for r in rows if r["error"]]
+    if json_out:
+        out.print_json(json.dumps(rows))
+    elif not quiet:
+        out.print(f"{len(rows) - len(failed)} measured, {len(failed)} failed; results in {out_dir / 'measurements.csv'}, "
+                  f"label maps in {out_dir / 'masks'}")
+    for r in failed:
+        console.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except FetalkitError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
