@@ -57,9 +57,10 @@ def test_bad_inputs_get_error_rows_and_the_rest_is_measured(phantoms, tmp_path):
     (bad_dir / "notes.png").write_text("this is not an image")
     write_image(bad_dir / "flat.png", np.full((540, 800), 7, np.uint8))
     write_image(bad_dir / "dark_noise.png", np.random.default_rng(0).integers(0, 3, (540, 800)).astype(np.uint8))
+    write_image(bad_dir / "noise.png", np.random.default_rng(0).integers(0, 256, (540, 800)).astype(np.uint8))
     before = good.read_bytes()
     res = fetalkit("biometry", "head", good, bad_dir / "notes.png", bad_dir / "flat.png",
-                   bad_dir / "missing.png", bad_dir / "dark_noise.png", "--pixel-mm", "0.12", "--out", tmp_path / "o")
+                   bad_dir / "missing.png", bad_dir / "dark_noise.png", bad_dir / "noise.png", "--pixel-mm", "0.12", "--out", tmp_path / "o")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
     rows = {Path(r["filename"]).name: r for r in read_rows(tmp_path / "o" / "measurements.csv")}
@@ -67,7 +68,8 @@ def test_bad_inputs_get_error_rows_and_the_rest_is_measured(phantoms, tmp_path):
     assert "not a readable image" in rows["notes.png"]["error"]
     assert "constant" in rows["flat.png"]["error"]
     assert "not found" in rows["missing.png"]["error"]
-    assert "no head found" in rows["dark_noise.png"]["error"]
+    assert "almost no contrast" in rows["dark_noise.png"]["error"]
+    assert "no head found" in rows["noise.png"]["error"]
     assert good.read_bytes() == before  # inputs never modified
 
 

@@ -27,6 +27,11 @@ def check_image_content(path: Path, image: np.ndarray) -> None:
         raise InputError(f"{path}: image is empty or smaller than 32 x 32 pixels")
     if int(image.max()) == int(image.min()):
         raise InputError(f"{path}: image is constant (value {int(image.min())}); nothing to measure")
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    if hi - lo < 16:
+        # Near-black or near-flat frames make segmenters hallucinate; refuse them instead.
+        raise InputError(f"{path}: image has almost no contrast (grey levels {lo:.0f}..{hi:.0f}); "
+                         "check the export/window settings")
 
 
 def pixel_size_for(path: Path, pixel_mm: Optional[float], table: Optional[dict]) -> Optional[float]:

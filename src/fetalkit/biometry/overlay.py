@@ -32,7 +32,7 @@ def draw_head_overlay(image: np.ndarray, m: HeadMeasurement) -> np.ndarray:
     lines = [(f"HC  {m.hc:.1f} {u}", GREEN), (f"OFD {m.ofd:.1f} {u}", CYAN), (f"BPD {m.bpd:.1f} {u}", MAGENTA)]
     if m.units == "px":
         lines.append(("no pixel size: lengths in pixels", (60, 60, 255)))
-    scale = max(0.5, image.shape[1] / 1400)
+    scale = max(0.5, image.shape[1] / 1000)
     for k, (text, colour) in enumerate(lines):
         org = (10, int(28 * scale * (k + 1)) + 4)
         cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)

@@ -13,6 +13,21 @@ from fetalkit.training.models import SEG_ARCHS, count_parameters
 from fetalkit.training.segment import export_onnx, load_checkpoint_model
 
 TASK_CLASSES = {"head-seg": ["fetal_head"], "psfhs-seg": ["background", "pubic_symphysis", "fetal_head"]}
+TASK_DATA = {
+    "head-seg": "HC18 training_set (van den Heuvel et al. 2018, CC BY 4.0); split by subject (NNN_HC, NNN_2HC = one subject)",
+    "psfhs-seg": "PSFHS (Chen et al. 2024, CC BY 4.0); split by blocks of 50 consecutive ids, duplicate pairs kept together",
+}
+
+
+def split_counts(run_dir: Path) -> dict:
+    """Images per part of the run's split (from ``split.txt``: ``image_id,part`` lines)."""
+    counts: dict[str, int] = {}
+    path = run_dir / "split.txt"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            part = line.rsplit(",", 1)[-1]
+            counts[part] = counts.get(part, 0) + 1
+    return counts
 
 
 def export_segmenter(checkpoint: Path, task: str, out_path: Path, name: str | None = None) -> dict:
@@ -34,6 +49,7 @@ def export_segmenter(checkpoint: Path, task: str, out_path: Path, name: str | No
         "train": {"epochs": cfg["epochs"], "best_epoch": ck["epoch"], "seed": cfg["seed"], "lr": cfg["lr"],
                   "batch_size": cfg["batch_size"], "command": command,
                   "val_metrics": {k: v for k, v in ck.get("metrics", {}).items() if k.startswith("val_")}},
+        "data": TASK_DATA[task], "split": {"seed": cfg["seed"], **split_counts(run_dir)},
         "metrics": {},
     }
     write_card(out_path, card)
