@@ -20,7 +20,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from fetalkit.biometry.regions import largest_region
+from fetalkit.biometry.regions import largest_outer_contour
 from fetalkit.errors import MeasurementError
 from fetalkit.types import Ellipse, HeadMeasurement
 
@@ -72,15 +72,13 @@ def fit_ellipse_to_points(points_xy: np.ndarray) -> Ellipse:
 def fit_ellipse_to_mask(mask: np.ndarray, min_area_px: int = 100) -> Ellipse:
     """Fit an ellipse to the outer contour of the largest region of a binary mask.
 
-    Raises MeasurementError when there is no region of at least ``min_area_px`` pixels.
+    Raises MeasurementError when there is no region enclosing at least ``min_area_px`` pixels.
     """
-    region = largest_region(mask)
-    area = int(region.sum())
-    if area < min_area_px:
-        raise MeasurementError(f"no head found (largest region {area} px < {min_area_px} px)")
-    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    contour = max(contours, key=cv2.contourArea)
-    return fit_ellipse_to_points(contour.reshape(-1, 2))
+    contour = largest_outer_contour(mask)
+    area = 0.0 if contour is None else cv2.contourArea(contour.reshape(-1, 1, 2))
+    if contour is None or area < min_area_px:
+        raise MeasurementError(f"no head found (largest region {area:.0f} px < {min_area_px} px)")
+    return fit_ellipse_to_points(contour)
 
 
 def ellipse_mask(ellipse: Ellipse, shape_hw: tuple[int, int]) -> np.ndarray:

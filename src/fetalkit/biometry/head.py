@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from fetalkit.biometry.ellipse import fit_ellipse_to_mask, measure_head
-from fetalkit.biometry.regions import fill_holes, largest_region
+from fetalkit.biometry.regions import filled_contour_mask, largest_outer_contour
 from fetalkit.types import HeadMeasurement
 
 
@@ -17,11 +17,12 @@ def head_mask_from_probability(probability: np.ndarray, shape_hw: tuple[int, int
     """Head mask at the input image size from a model-size probability map.
 
     The probability map is upsampled bilinearly before thresholding, which keeps a
-    sub-pixel boundary; then the largest region is kept and its holes are filled.
+    sub-pixel boundary; then the largest region is kept, holes filled (one
+    contour pass does both).
     """
     h, w = shape_hw
     prob = cv2.resize(probability.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    return fill_holes(largest_region(prob >= threshold))
+    return filled_contour_mask(largest_outer_contour(prob >= threshold), (h, w))
 
 
 def measure_head_mask(mask: np.ndarray, pixel_mm: Optional[float]) -> HeadMeasurement:
