@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from fetalkit.biometry.head import HeadBiometry, head_mask_from_probability, measure_head_mask
 from fetalkit.biometry.head_job import measure_files

@@ -44,6 +44,11 @@ def _needs_training_extra() -> None:
         fail("this command needs the training extra: pip install 'fetalkit[train]'")
 
 
+def _check_split(split: str) -> None:
+    if split not in ("train", "val", "test", "all"):
+        fail(f"--split must be train, val, test or all, got {split!r}")
+
+
 @app.command("models")
 def models_cmd(json_out: bool = typer.Option(False, "--json", help="Print the model cards as JSON.")):
     """List the bundled models with their model cards."""
@@ -149,6 +154,7 @@ def eval_head_seg_cmd(
 ):
     """Dice, Hausdorff distance (mm) and HC difference (mm, %) of a head model on HC18 (MONAI metrics)."""
     _needs_training_extra()
+    _check_split(split)
     from rich.progress import Progress
     from fetalkit.config import dataset_dir
     from fetalkit.evaluation.head import evaluate_head
@@ -220,6 +226,7 @@ def eval_psfhs_seg_cmd(
 ):
     """Per-class Dice / HD95 / ASD (px), |delta AoP| and the challenge score of a PSFHS model (MONAI metrics)."""
     _needs_training_extra()
+    _check_split(split)
     from rich.progress import Progress
     from fetalkit.config import dataset_dir
     from fetalkit.evaluation.psfhs import evaluate_psfhs

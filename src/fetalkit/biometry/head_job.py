@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import math
-import os
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 
 from fetalkit.biometry.head import HeadBiometry
 from fetalkit.biometry.overlay import draw_head_overlay
 from fetalkit.datasets.hc18 import read_pixel_csv
-from fetalkit.errors import FetalkitError, InputError
-from fetalkit.io.images import expand_inputs, read_gray, write_image
+from fetalkit.errors import InputError
+from fetalkit.io.images import check_image_content, expand_inputs, read_gray
+from fetalkit.io.jobs import process_files, unique_stems, write_csv_rows
 
 COLUMNS = ["filename", "hc_mm", "bpd_mm", "ofd_mm", "center_x_px", "center_y_px", "semi_axis_a_px",
            "semi_axis_b_px", "angle_deg", "hc_px", "bpd_px", "ofd_px", "pixel_mm", "units", "error"]
-
-
-def check_image_content(path: Path, image: np.ndarray) -> None:
-    if image.size == 0 or min(image.shape[:2]) < 32:
-        raise InputError(f"{path}: image is empty or smaller than 32 x 32 pixels")
-    if int(image.max()) == int(image.min()):
-        raise InputError(f"{path}: image is constant (value {int(image.min())}); nothing to measure")
-    lo, hi = np.percentile(image, (0.5, 99.5))
-    if hi - lo < 16:
-        # Near-black or near-flat frames make segmenters hallucinate; refuse them instead.
-        raise InputError(f"{path}: image has almost no contrast (grey levels {lo:.0f}..{hi:.0f}); "
-                         "check the export/window settings")
 
 
 def pixel_size_for(path: Path, pixel_mm: Optional[float], table: Optional[dict]) -> Optional[float]:
@@ -53,8 +37,8 @@ def measure_files(inputs: list[str | Path], out_dir: Path, pixel_mm: Optional[fl
                   progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
     """Measure every input; returns one row per input (``error`` filled on failure).
 
-    Overlays are written by a background thread so encoding overlaps inference;
-    ``measurements.csv`` is written atomically at the end.
+    ``measurements.csv`` and the overlays are written atomically; overlays are
+    encoded on a background thread while the next image is measured.
     """
     if pixel_mm is not None and pixel_csv is not None:
         raise InputError("give either --pixel-mm or --pixel-csv, not both")
@@ -66,53 +50,24 @@ def measure_files(inputs: list[str | Path], out_dir: Path, pixel_mm: Optional[fl
         raise InputError(f"no input images found in {', '.join(map(str, inputs))}")
     biometry = HeadBiometry(model, threads=threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, used_stems = [], set()
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = []
-        for k, path in enumerate(paths):
-            row = {c: "" for c in COLUMNS}
-            row["filename"] = str(path)
-            try:
-                image = read_gray(path)
-                check_image_content(path, image)
-                px = pixel_size_for(path, pixel_mm, table)
-                m, _ = biometry.measure(image, px)
-                e = m.ellipse
-                row.update(center_x_px=_fmt(e.center_x_px, 2), center_y_px=_fmt(e.center_y_px, 2),
-                           semi_axis_a_px=_fmt(e.semi_axis_a_px, 2), semi_axis_b_px=_fmt(e.semi_axis_b_px, 2),
-                           angle_deg=_fmt(e.angle_deg, 2), units=m.units, pixel_mm=_fmt(px, 6))
-                scale = px if px is not None else 1.0
-                row.update(hc_px=_fmt(m.hc / scale, 2), bpd_px=_fmt(m.bpd / scale, 2), ofd_px=_fmt(m.ofd / scale, 2))
-                if px is not None:
-                    row.update(hc_mm=_fmt(m.hc, 2), bpd_mm=_fmt(m.bpd, 2), ofd_mm=_fmt(m.ofd, 2))
-                if overlays:
-                    stem = path.stem
-                    while stem in used_stems:
-                        stem += "_"
-                    used_stems.add(stem)
-                    pending.append(writer.submit(lambda im=image, mm=m, s=stem: write_image(
-                        out_dir / f"{s}_overlay.png", draw_head_overlay(im, mm))))
-            except FetalkitError as err:
-                row["error"] = str(err).replace("\n", " ")
-            rows.append(row)
-            if progress:
-                progress(k + 1, len(paths))
-        for f in pending:
-            f.result()
-    write_rows_csv(out_dir / "measurements.csv", rows, COLUMNS)
+    stems = unique_stems(paths)
+
+    def measure(path: Path, row: dict, write) -> None:
+        image = read_gray(path)
+        check_image_content(path, image)
+        px = pixel_size_for(path, pixel_mm, table)
+        m, _ = biometry.measure(image, px)
+        e = m.ellipse
+        scale = px if px is not None else 1.0
+        row.update(center_x_px=_fmt(e.center_x_px, 2), center_y_px=_fmt(e.center_y_px, 2),
+                   semi_axis_a_px=_fmt(e.semi_axis_a_px, 2), semi_axis_b_px=_fmt(e.semi_axis_b_px, 2),
+                   angle_deg=_fmt(e.angle_deg, 2), units=m.units, pixel_mm=_fmt(px, 6),
+                   hc_px=_fmt(m.hc / scale, 2), bpd_px=_fmt(m.bpd / scale, 2), ofd_px=_fmt(m.ofd / scale, 2))
+        if px is not None:
+            row.update(hc_mm=_fmt(m.hc, 2), bpd_mm=_fmt(m.bpd, 2), ofd_mm=_fmt(m.ofd, 2))
+        if overlays:
+            write(out_dir / f"{stems[path]}_overlay.png", lambda: draw_head_overlay(image, m))
+
+    rows = process_files(paths, COLUMNS, measure, progress)
+    write_csv_rows(out_dir / "measurements.csv", rows, COLUMNS)
     return rows
-
-
-def write_rows_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
-    """Write a csv atomically (temp file + rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -12,7 +11,8 @@ import numpy as np
 
 from fetalkit.biometry.aop import AngleOfProgression, angle_of_progression
 from fetalkit.errors import FetalkitError
-from fetalkit.io.images import expand_inputs, read_gray, write_image
+from fetalkit.io.images import check_image_content, expand_inputs, read_gray
+from fetalkit.io.jobs import process_files, unique_stems, write_csv_rows
 
 PS_COLOUR = (60, 200, 255)   # BGR: amber
 FH_COLOUR = (255, 160, 60)   # BGR: blue
@@ -76,47 +76,36 @@ AOP_COLUMNS = ["filename", "aop_deg", "ps_caudal_x_px", "ps_caudal_y_px", "ps_cr
 def measure_aop_files(inputs: list, out_dir: Path, model=None, threads: int = 2, overlays: bool = True,
                       caudal_end: str = "right", opening: str = "counterclockwise",
                       progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
-    """``fetalkit biometry aop``: label maps in ``masks/``, overlays, one csv row per input (errors included)."""
-    from fetalkit.biometry.head_job import check_image_content, write_rows_csv
+    """``fetalkit biometry aop``: label maps in ``masks/``, overlays, one csv row per input (errors included).
+
+    The label map is written even when the angle cannot be measured, so a user can
+    see which structure the model missed.
+    """
     from fetalkit.errors import InputError
     paths = expand_inputs(inputs)
     if not paths:
         raise InputError(f"no input images found in {', '.join(map(str, inputs))}")
     lb = LabourBiometry(model, threads=threads, caudal_end=caudal_end, opening=opening)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, used = [], set()
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = []
-        for k, path in enumerate(paths):
-            row = {c: "" for c in AOP_COLUMNS}
-            row["filename"] = str(path)
-            try:
-                image = read_gray(path)
-                check_image_content(path, image)
-                labels = lb.segment(image)
-                stem = path.stem
-                while stem in used:
-                    stem += "_"
-                used.add(stem)
-                aop = None
-                try:
-                    aop = angle_of_progression(labels, caudal_end=caudal_end, opening=opening)
-                    row.update(aop_deg=f"{aop.aop_deg:.2f}",
-                               ps_caudal_x_px=f"{aop.ps_caudal_xy[0]:.2f}", ps_caudal_y_px=f"{aop.ps_caudal_xy[1]:.2f}",
-                               ps_cranial_x_px=f"{aop.ps_cranial_xy[0]:.2f}", ps_cranial_y_px=f"{aop.ps_cranial_xy[1]:.2f}",
-                               tangent_x_px=f"{aop.tangent_xy[0]:.2f}", tangent_y_px=f"{aop.tangent_xy[1]:.2f}")
-                except FetalkitError as err:
-                    row["error"] = f"{path}: {err}"
-                pending.append(writer.submit(write_image, out_dir / "masks" / f"{stem}.png", labels))
-                if overlays:
-                    pending.append(writer.submit(lambda im=image, lab=labels, a=aop, s=stem: write_image(
-                        out_dir / f"{s}_overlay.png", draw_aop_overlay(im, lab, a))))
-            except FetalkitError as err:
-                row["error"] = str(err)
-            rows.append(row)
-            if progress:
-                progress(k + 1, len(paths))
-        for f in pending:
-            f.result()
-    write_rows_csv(out_dir / "measurements.csv", rows, AOP_COLUMNS)
+    stems = unique_stems(paths)
+
+    def measure(path: Path, row: dict, write) -> None:
+        image = read_gray(path)
+        check_image_content(path, image)
+        labels = lb.segment(image)
+        write(out_dir / "masks" / f"{stems[path]}.png", lambda: labels)
+        aop = None
+        try:
+            aop = angle_of_progression(labels, caudal_end=caudal_end, opening=opening)
+            row.update(aop_deg=f"{aop.aop_deg:.2f}",
+                       ps_caudal_x_px=f"{aop.ps_caudal_xy[0]:.2f}", ps_caudal_y_px=f"{aop.ps_caudal_xy[1]:.2f}",
+                       ps_cranial_x_px=f"{aop.ps_cranial_xy[0]:.2f}", ps_cranial_y_px=f"{aop.ps_cranial_xy[1]:.2f}",
+                       tangent_x_px=f"{aop.tangent_xy[0]:.2f}", tangent_y_px=f"{aop.tangent_xy[1]:.2f}")
+        except FetalkitError as err:
+            row["error"] = f"{path}: {err}"
+        if overlays:
+            write(out_dir / f"{stems[path]}_overlay.png", lambda: draw_aop_overlay(image, labels, aop))
+
+    rows = process_files(paths, AOP_COLUMNS, measure, progress)
+    write_csv_rows(out_dir / "measurements.csv", rows, AOP_COLUMNS)
     return rows

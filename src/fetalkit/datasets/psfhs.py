@@ -22,7 +22,6 @@ of one acquisition (see :func:`psfhs_groups`), so split by id block, not by imag
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Hashable, Sequence
 import numpy as np
 
 from fetalkit.errors import DataError, InputError
-from fetalkit.io.images import read_gray
+from fetalkit.io.images import atomic_write_bytes, read_gray
 
 PS_LABEL = 1
 FH_LABEL = 2
@@ -235,17 +234,7 @@ def write_mha(path: str | os.PathLike, array: np.ndarray, compressed: bool = Fal
     if channels_last:
         lines.append(f"ElementNumberOfChannels = {arr.shape[-1]}")
     lines += [f"ElementType = {names[arr.dtype.newbyteorder('=')]}", "ElementDataFile = LOCAL"]
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=p.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(("\n".join(lines) + "\n").encode("ascii"))
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write_bytes(p, ("\n".join(lines) + "\n").encode("ascii"), data)
 
 
 def _to_gray_uint8(array: np.ndarray, path: Path) -> np.ndarray:

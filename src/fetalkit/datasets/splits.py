@@ -57,3 +57,21 @@ def train_val_test_split(groups: Sequence[Hashable], val_fraction: float = 0.15,
     dev_groups = [groups[i] for i in dev]
     tr, va = group_split(dev_groups, val_fraction / (1.0 - test_fraction), seed + 1)
     return dev[tr], dev[va], test
+
+
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def select_split(groups: Sequence[Hashable], split: str, seed: int = 0, val_fraction: float = 0.15,
+                 test_fraction: float = 0.15) -> np.ndarray:
+    """Indices of one part (``train`` / ``val`` / ``test``) of :func:`train_val_test_split`, or ``all``.
+
+    Training and evaluation both call this, so ``eval --split test`` scores exactly
+    the items the training run held out.
+    """
+    if split == "all":
+        return np.arange(len(groups))
+    if split not in SPLIT_PARTS:
+        raise ValueError(f"unknown split {split!r}; use train, val, test or all")
+    parts = train_val_test_split(groups, val_fraction, test_fraction, seed)
+    return parts[SPLIT_PARTS.index(split)]

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 
 from fetalkit.biometry.head import HeadBiometry, measure_head_mask
-from fetalkit.biometry.head_job import write_rows_csv
+from fetalkit.io.jobs import write_csv_rows
 from fetalkit.datasets.hc18 import list_hc18
-from fetalkit.datasets.splits import train_val_test_split
-from fetalkit.errors import DataError, FetalkitError
+from fetalkit.datasets.splits import select_split
+from fetalkit.errors import FetalkitError
 from fetalkit.evaluation.segmentation import dice_and_hausdorff_mm
+from fetalkit.evaluation.tables import finite_mean, finite_median, n_nonfinite
 
 COLUMNS = ["image_id", "split", "dice", "hd_mm", "hc_ref_mm", "hc_pred_mm", "hc_abs_diff_mm", "hc_abs_diff_pct", "error"]
-
-
-def select_split(subjects: list[str], split: str, seed: int) -> np.ndarray:
-    """Indices of the ``train`` / ``val`` / ``test`` part of the subject-level split, or ``all``."""
-    if split == "all":
-        return np.arange(len(subjects))
-    parts = dict(zip(("train", "val", "test"),
-                     train_val_test_split(subjects, val_fraction=0.15, test_fraction=0.15, seed=seed)))
-    if split not in parts:
-        raise DataError(f"unknown split {split!r}; use train, val, test or all")
-    return parts[split]
 
 
 def evaluate_head(root: Path, model=None, split: str = "test", seed: int = 0, out_dir: Optional[Path] = None,
@@ -57,17 +45,15 @@ def evaluate_head(root: Path, model=None, split: str = "test", seed: int = 0, ou
         if progress:
             progress(k + 1, len(idx))
 
-    def mean(col):
-        vals = [float(r[col]) for r in rows if r[col] != "" and math.isfinite(float(r[col]))]
-        return float(np.mean(vals)) if vals else float("nan")
-
     summary = {"model": str(biometry.model.path), "split": split, "seed": seed, "n_images": len(rows),
                "n_failed": sum(1 for r in rows if r["error"]),
-               "dice_mean": mean("dice"), "hd_mm_mean": mean("hd_mm"),
-               "hc_abs_diff_mm_mean": mean("hc_abs_diff_mm"), "hc_abs_diff_pct_mean": mean("hc_abs_diff_pct"),
-               "hc_abs_diff_mm_median": float(np.median([float(r["hc_abs_diff_mm"]) for r in rows if r["hc_abs_diff_mm"]] or [np.nan]))}
+               "dice_mean": finite_mean(rows, "dice"), "hd_mm_mean": finite_mean(rows, "hd_mm"),
+               "n_hd_infinite": n_nonfinite(rows, "hd_mm"),
+               "hc_abs_diff_mm_mean": finite_mean(rows, "hc_abs_diff_mm"),
+               "hc_abs_diff_pct_mean": finite_mean(rows, "hc_abs_diff_pct"),
+               "hc_abs_diff_mm_median": finite_median(rows, "hc_abs_diff_mm")}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_rows_csv(out_dir / "per_image.csv", rows, COLUMNS)
+        write_csv_rows(out_dir / "per_image.csv", rows, COLUMNS)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

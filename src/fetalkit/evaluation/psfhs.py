@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 
 from fetalkit.biometry.aop import angle_of_progression
-from fetalkit.biometry.head_job import write_rows_csv
+from fetalkit.io.jobs import write_csv_rows
 from fetalkit.biometry.labour import LabourBiometry
 from fetalkit.datasets.psfhs import FH_LABEL, PS_LABEL, list_psfhs, psfhs_groups
-from fetalkit.datasets.splits import train_val_test_split
-from fetalkit.errors import DataError, FetalkitError
+from fetalkit.datasets.splits import select_split
+from fetalkit.errors import FetalkitError
 from fetalkit.evaluation.segmentation import surface_metrics
+from fetalkit.evaluation.tables import finite_mean, finite_median, n_nonfinite
 
 CLASSES = {"ps": PS_LABEL, "fh": FH_LABEL}
 COLUMNS = ["image_id", "dice_ps", "hd95_ps", "asd_ps", "dice_fh", "hd95_fh", "asd_fh",
@@ -28,21 +27,11 @@ def challenge_score(mean_dice: float, mean_hd: float, mean_asd: float, mean_abs_
             + 0.5 * (1 - mean_abs_daop_deg / 180))
 
 
-def select_psfhs_split(ids: list[str], split: str, seed: int) -> np.ndarray:
-    if split == "all":
-        return np.arange(len(ids))
-    parts = dict(zip(("train", "val", "test"),
-                     train_val_test_split(psfhs_groups(ids), val_fraction=0.15, test_fraction=0.15, seed=seed)))
-    if split not in parts:
-        raise DataError(f"unknown split {split!r}; use train, val, test or all")
-    return parts[split]
-
-
 def evaluate_psfhs(root: Path, model=None, split: str = "test", seed: int = 0, out_dir: Optional[Path] = None,
                    limit: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Score a psfhs-seg ONNX model on an id-block split of PSFHS (distances in pixels: PSFHS has no mm scale)."""
     items = list_psfhs(root)
-    idx = select_psfhs_split([it.image_id for it in items], split, seed)
+    idx = select_split(psfhs_groups([it.image_id for it in items]), split, seed)
     if limit:
         idx = idx[:limit]
     lb = LabourBiometry(model)
@@ -71,23 +60,19 @@ def evaluate_psfhs(root: Path, model=None, split: str = "test", seed: int = 0, o
         if progress:
             progress(k + 1, len(idx))
 
-    def mean(col):
-        vals = [float(r[col]) for r in rows if r[col] != "" and math.isfinite(float(r[col]))]
-        return float(np.mean(vals)) if vals else float("nan")
-
     s = {"model": str(lb.model.path), "split": split, "seed": seed, "n_images": len(rows),
          "n_errors": sum(1 for r in rows if r["error"])}
     for name in CLASSES:
         for m in ("dice", "hd95", "asd"):
-            s[f"{m}_{name}_mean"] = mean(f"{m}_{name}")
-    s["aop_abs_diff_deg_mean"] = mean("aop_abs_diff_deg")
-    s["aop_abs_diff_deg_median"] = float(np.median([float(r["aop_abs_diff_deg"]) for r in rows
-                                                    if r["aop_abs_diff_deg"]] or [np.nan]))
+            s[f"{m}_{name}_mean"] = finite_mean(rows, f"{m}_{name}")
+        s[f"n_empty_{name}"] = n_nonfinite(rows, f"hd95_{name}")  # empty prediction: no distance
+    s["aop_abs_diff_deg_mean"] = finite_mean(rows, "aop_abs_diff_deg")
+    s["aop_abs_diff_deg_median"] = finite_median(rows, "aop_abs_diff_deg")
     s["challenge_score"] = challenge_score((s["dice_ps_mean"] + s["dice_fh_mean"]) / 2,
                                            (s["hd95_ps_mean"] + s["hd95_fh_mean"]) / 2,
                                            (s["asd_ps_mean"] + s["asd_fh_mean"]) / 2, s["aop_abs_diff_deg_mean"])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_rows_csv(out_dir / "per_image.csv", rows, COLUMNS)
+        write_csv_rows(out_dir / "per_image.csv", rows, COLUMNS)
         (out_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     return s

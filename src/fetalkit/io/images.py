@@ -38,22 +38,42 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write an image atomically (temp file + rename) so no half-written file is left."""
+def check_image_content(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Refuse frames nothing can be measured on (tiny, constant, or without contrast): InputError naming the file."""
+    if image.size == 0 or min(image.shape[:2]) < 32:
+        raise InputError(f"{path}: image is empty or smaller than 32 x 32 pixels")
+    if int(image.max()) == int(image.min()):
+        raise InputError(f"{path}: image is constant (value {int(image.min())}); nothing to measure")
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    if hi - lo < 16:
+        # Near-black or near-flat frames make segmenters hallucinate; refuse them instead.
+        raise InputError(f"{path}: image has almost no contrast (grey levels {lo:.0f}..{hi:.0f}); "
+                         "check the export/window settings")
+
+
+def atomic_write_bytes(path: str | os.PathLike, *chunks: bytes) -> Path:
+    """Write bytes to ``path`` through a temp file + rename: readers never see a half-written file."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(p.suffix or ".png", image)
-    if not ok:
-        raise InputError(f"{p}: cannot encode an image with this suffix")
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=p.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
+            for chunk in chunks:
+                f.write(chunk)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an image atomically (format from the suffix, PNG by default)."""
+    p = Path(path)
+    ok, buf = cv2.imencode(p.suffix or ".png", image)
+    if not ok:
+        raise InputError(f"{p}: cannot encode an image with this suffix")
+    return atomic_write_bytes(p, buf.tobytes())
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:

@@ -11,12 +11,11 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from fetalkit.biometry.ellipse import ellipse_mask, measure_head
+from fetalkit.biometry.ellipse import ellipse_mask
 from fetalkit.biometry.head import head_mask_from_probability, measure_head_mask
 from fetalkit.datasets.hc18 import list_hc18
-from fetalkit.datasets.splits import train_val_test_split
+from fetalkit.datasets.splits import SPLIT_PARTS, select_split
 from fetalkit.errors import FetalkitError
-from fetalkit.io.images import read_gray
 from fetalkit.runtime.preprocess import resize_gray
 from fetalkit.training.segment import SegData, TrainConfig, fit
 from fetalkit.types import Ellipse
@@ -76,7 +75,7 @@ def load_head_set(root: Path, input_hw: tuple[int, int],
 
 def split_head_set(hs: HeadSet, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Subject-level train / val / test (70 / 15 / 15 % of subjects); test is never used for tuning."""
-    return train_val_test_split(hs.subjects, val_fraction=0.15, test_fraction=0.15, seed=seed)
+    return tuple(select_split(hs.subjects, part, seed) for part in SPLIT_PARTS)
 
 
 def score_head_probabilities(hs: HeadSet, probs: np.ndarray, idx: np.ndarray) -> dict[str, float]:

@@ -13,7 +13,7 @@ import numpy as np
 from fetalkit.biometry.aop import angle_of_progression
 from fetalkit.biometry.labour import labels_from_probabilities
 from fetalkit.datasets.psfhs import FH_LABEL, PS_LABEL, list_psfhs, psfhs_groups
-from fetalkit.datasets.splits import train_val_test_split
+from fetalkit.datasets.splits import SPLIT_PARTS, select_split
 from fetalkit.errors import FetalkitError
 from fetalkit.runtime.preprocess import resize_gray
 from fetalkit.training.headseg import cache_dir
@@ -56,7 +56,7 @@ def load_psfhs_set(root: Path, input_hw: tuple[int, int], progress=None) -> Psfh
 
 def split_psfhs_set(ps: PsfhsSet, seed: int = 0):
     """Train / val / test by id block (70 / 15 / 15 % of blocks); test is never used for tuning."""
-    return train_val_test_split(ps.groups, val_fraction=0.15, test_fraction=0.15, seed=seed)
+    return tuple(select_split(ps.groups, part, seed) for part in SPLIT_PARTS)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
