@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--update-card", action="store_true", help="Store the measured speed in the model card.")
     args = ap.parse_args()
 
     images = [head_phantom(seed=i, shape_hw=(540, 800)).image for i in range(min(args.n, 12))]
@@ -72,6 +73,13 @@ def main() -> None:
     print(f"{'torch eager (model + measurement)':38s} {torch_rate:9.1f} {1.0:9.2f}")
     print(f"{'onnxruntime (model + measurement)':38s} {ort_rate:9.1f} {ort_rate / torch_rate:9.2f}")
     print(f"{'biometry head job (files, overlays)':38s} {job_rate:9.1f} {job_rate / torch_rate:9.2f}")
+    if args.update_card:
+        import os
+        from fetalkit.training.export import update_card
+        update_card(hb.model.path, "speed", {
+            "images_per_s_onnxruntime": round(ort_rate, 1), "images_per_s_biometry_job": round(job_rate, 1),
+            "images_per_s_torch_eager": round(torch_rate, 1), "threads": args.threads, "cpu_cores": os.cpu_count(),
+            "input": "800x540", "command": "python benchmarks/bench_head_biometry.py --update-card"})
 
 
 if __name__ == "__main__":

@@ -10,12 +10,17 @@ import pytest
 
 from conftest import need_dataset
 from fetalkit.io.images import read_gray, write_image
+from fetalkit.runtime.registry import bundled_names
+
+# The PSFHS model is trained and bundled by the PSFHS issue; until then these tests wait for it.
+needs_model = pytest.mark.skipif("psfhs-unet-mnv2" not in bundled_names(), reason="no bundled PSFHS model yet")
 
 
 def fetalkit(*args):
     return subprocess.run([sys.executable, "-m", "fetalkit.cli", *map(str, args)], capture_output=True, text=True)
 
 
+@needs_model
 def test_aop_on_real_images_and_bad_inputs(tmp_path):
     root = need_dataset("psfhs")
     good = [root / "image" / f"{i:05d}.png" for i in (4900, 4901, 4902)]
@@ -43,6 +48,7 @@ def test_aop_rejects_bad_orientation(tmp_path):
     assert res.returncode != 0 and "caudal-end" in res.stderr and "Traceback" not in res.stderr
 
 
+@needs_model
 def test_eval_psfhs_small(tmp_path):
     pytest.importorskip("monai")
     need_dataset("psfhs")
