@@ -27,6 +27,8 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(export_app, name="export")
 app.add_typer(biometry_app, name="biometry")
+data_app = typer.Typer(help="Dataset tools: duplicates.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
 out = Console()
@@ -350,6 +352,95 @@ def biometry_aop_cmd(
     elif not quiet:
         out.print(f"{len(rows) - len(failed)} measured, {len(failed)} failed; results in {out_dir / 'measurements.csv'}, "
                   f"label maps in {out_dir / 'masks'}")
+    for r in failed:
+        console.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("sector")
+def sector_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or folders."),
+               out_dir: Path = typer.Option(..., "--out", help="Output folder: masks, overlays, sectors.csv/json."),
+               quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Find the imaging sector (fan or rectangle) of each image, apart from scanner UI and text."""
+    from rich.progress import Progress
+    from fetalkit.preprocess.jobs import sector_files
+    with Progress(console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task("detecting sectors", total=None)
+        rows = sector_files(inputs, out_dir, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    _finish(rows, quiet, f"sectors in {out_dir / 'sectors.csv'}")
+
+
+@app.command("clean")
+def clean_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or folders."),
+              out_dir: Path = typer.Option(..., "--out", help="Output folder: cleaned images, removed-pixel masks, cleaning.csv."),
+              quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """Remove burned-in text, calipers and arrows (top-hat + Otsu/hysteresis + inpainting, confined to the sector)."""
+    from rich.progress import Progress
+    from fetalkit.preprocess.jobs import clean_files
+    with Progress(console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task("cleaning", total=None)
+        rows = clean_files(inputs, out_dir, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    _finish(rows, quiet, f"cleaned images in {out_dir}")
+
+
+@app.command("deid")
+def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file or an image."),
+             output: Path = typer.Option(..., "-o", "--output", help="Output file (never the input)."),
+             clean: bool = typer.Option(True, help="Also remove burned-in text from the pixels."),
+             json_out: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
+    """De-identify: DICOM PS3.15 basic profile (new consistent UIDs) and burned-in text removed from the pixels."""
+    from fetalkit.preprocess.jobs import deidentify_path
+    report = deidentify_path(src, output, clean=clean)
+    if json_out:
+        out.print_json(json.dumps(report))
+        return
+    if "removed" in report:
+        out.print(f"removed {len(report['removed'])}, emptied {len(report['emptied'])}, replaced "
+                  f"{len(report['replaced'])} attributes; {report['uids_remapped']} UIDs remapped; "
+                  f"{report['private_tags_removed']} private tags removed; BurnedInAnnotation {report['burned_in_annotation']}")
+    else:
+        out.print(f"image re-encoded without metadata; {report['overlay_px_removed']} burned-in pixels removed")
+    out.print(f"wrote {output}")
+
+
+@data_app.command("dedup")
+def dedup_cmd(folder: List[Path] = typer.Argument(..., help="Folders and/or images."),
+              out_csv: Path = typer.Option(None, "--out", help="Write the pairs to this csv."),
+              max_distance: int = typer.Option(24, help="Largest Hamming distance (of 256 hash bits) for a near duplicate."),
+              json_out: bool = typer.Option(False, "--json")):
+    """Find exact and near-duplicate images (perceptual hash) and print the pairs with their distance."""
+    from rich.progress import Progress
+    from fetalkit.io.images import expand_inputs
+    from fetalkit.io.jobs import write_csv_rows
+    from fetalkit.preprocess.dedup import DUPLICATE_COLUMNS, find_duplicate_pairs, hash_images
+    paths = expand_inputs(folder)
+    with Progress(console=console, transient=True, disable=json_out) as bar:
+        task = bar.add_task("hashing", total=len(paths))
+        hashes, failures = hash_images(paths, progress=lambda i, n: bar.update(task, completed=i))
+    pairs = find_duplicate_pairs(hashes, max_distance)
+    rows = [p.as_row() for p in pairs]
+    if out_csv:
+        write_csv_rows(out_csv, rows, DUPLICATE_COLUMNS)
+    if json_out:
+        out.print_json(json.dumps(rows, default=str))
+    else:
+        exact = sum(1 for p in pairs if p.kind == "exact")
+        out.print(f"{len(hashes)} images: {exact} exact and {len(pairs) - exact} near-duplicate pairs")
+        for p in pairs[:50]:
+            out.print(f"{p.kind:5s} {p.distance:3d}  {p.a}  {p.b}")
+        if len(pairs) > 50:
+            out.print(f"... {len(pairs) - 50} more" + (f" (all in {out_csv})" if out_csv else " (use --out FILE.csv)"))
+    for path, message in failures:
+        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _finish(rows: list[dict], quiet: bool, where: str) -> None:
+    failed = [r for r in rows if r["error"]]
+    if not quiet:
+        out.print(f"{len(rows) - len(failed)} done, {len(failed)} failed; {where}")
     for r in failed:
         console.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
     if failed:
