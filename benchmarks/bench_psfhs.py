@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--update-card", action="store_true", help="Store the measured speed in the model card.")
     args = ap.parse_args()
     images = load_images(args.n)
     lb = LabourBiometry(args.model, threads=args.threads)
@@ -75,6 +76,13 @@ def main() -> None:
     print(f"{'torch eager (segment + AoP)':40s} {torch_rate:9.1f} {1.0:9.2f}")
     print(f"{'onnxruntime (segment only)':40s} {seg_rate:9.1f} {seg_rate / torch_rate:9.2f}")
     print(f"{'onnxruntime (segment + AoP)':40s} {full_rate:9.1f} {full_rate / torch_rate:9.2f}")
+    if args.update_card:
+        import os
+        from fetalkit.training.export import update_card
+        update_card(lb.model.path, "speed", {
+            "images_per_s_onnxruntime_segment": round(seg_rate, 1), "images_per_s_onnxruntime_with_aop": round(full_rate, 1),
+            "images_per_s_torch_eager": round(torch_rate, 1), "threads": args.threads, "cpu_cores": os.cpu_count(),
+            "input": "256x256", "command": "python benchmarks/bench_psfhs.py --update-card"})
 
 
 if __name__ == "__main__":

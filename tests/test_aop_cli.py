@@ -27,7 +27,7 @@ def test_aop_on_real_images_and_bad_inputs(tmp_path):
     flat = tmp_path / "flat.png"
     write_image(flat, np.full((256, 256), 9, np.uint8))
     noise = tmp_path / "noise.png"
-    write_image(noise, np.random.default_rng(0).integers(0, 4, (256, 256)).astype(np.uint8))
+    write_image(noise, np.random.default_rng(0).integers(0, 256, (256, 256)).astype(np.uint8))
     res = fetalkit("biometry", "aop", *good, flat, noise, "--out", tmp_path / "o")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     rows = {Path(r["filename"]).name: r for r in csv.DictReader(open(tmp_path / "o" / "measurements.csv"))}
