@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +52,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from fetalkit.io.images import atomic_writer
 from fetalkit.errors import InputError
 
 __all__ = [
@@ -591,19 +591,7 @@ def _file_meta(ds: Dataset, transfer_syntax: UID) -> FileMetaDataset:
 
 
 def _atomic_dcmwrite(p: Path, ds: Dataset) -> Path:
-    """dcmwrite to a temp file beside ``p`` then rename: no half-written DICOM is ever visible.
-
-    Streams to disk (unlike ``io.images.atomic_write_bytes``) so a long clip is
-    not held twice in memory.
-    """
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=p.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pydicom.dcmwrite(f, ds, enforce_file_format=True)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """dcmwrite through :func:`atomic_writer`: no half-written DICOM is ever visible."""
+    with atomic_writer(p) as f:
+        pydicom.dcmwrite(f, ds, enforce_file_format=True)
     return p

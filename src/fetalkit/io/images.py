@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -51,21 +52,32 @@ def check_image_content(path: str | os.PathLike, image: np.ndarray) -> None:
                          "check the export/window settings")
 
 
-def atomic_write_bytes(path: str | os.PathLike, *chunks: bytes) -> Path:
-    """Write bytes to ``path`` through a temp file + rename: readers never see a half-written file."""
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike):
+    """Open a temp file beside ``path`` for writing; on success rename it over ``path``.
+
+    Readers never see a half-written file, and a failure leaves any old file intact.
+    Streams to disk, so large outputs (DICOM cine) are not held twice in memory.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=p.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
+            yield f
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return p
+
+
+def atomic_write_bytes(path: str | os.PathLike, *chunks: bytes) -> Path:
+    """Write bytes to ``path`` atomically (see :func:`atomic_writer`)."""
+    with atomic_writer(path) as f:
+        for chunk in chunks:
+            f.write(chunk)
+    return Path(path)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
