@@ -27,7 +27,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(export_app, name="export")
 app.add_typer(biometry_app, name="biometry")
-data_app = typer.Typer(help="Dataset tools: duplicates.", no_args_is_help=True)
+data_app = typer.Typer(help="Dataset tools: detection boxes, duplicates.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 console = Console(stderr=True)
@@ -143,6 +143,45 @@ def train_psfhs_seg_cmd(
     _train_segmenter("psfhs-seg", data, out_dir, cfg, resume)
 
 
+@train_app.command("detector")
+def train_detector_cmd(
+    data: Path = typer.Option(..., "--data", help="COCO folder (annotations.json + images/) or YOLO folder, e.g. from 'fetalkit data boxes'."),
+    out_dir: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.csv, metrics.png, split.txt."),
+    arch: str = typer.Option("fcos-mnv2", help="Architecture (fetalkit.training.detectors.DET_ARCHS): fcos-mnv2, retinanet-mnv2, fasterrcnn-mnv2."),
+    init: str = typer.Option("imagenet", help="Backbone initialisation: imagenet (offline weights) or random."),
+    epochs: int = typer.Option(16, min=1),
+    batch_size: int = typer.Option(16, min=1),
+    lr: float = typer.Option(2e-3, help="Peak one-cycle learning rate (the pretrained trunk gets lr/3)."),
+    size: int = typer.Option(256, help="Square letterboxed input size (a multiple of 32)."),
+    hflip: bool = typer.Option(True, help="Horizontal flip augmentation (also mimics an inverted probe)."),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the augmentation."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+    resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
+):
+    """Train a detector on your labelled boxes (split by group / image, seeded, resumable; COCO AP per epoch)."""
+    _needs_training_extra()
+    from rich.progress import Progress
+    from fetalkit.training.detect import DetTrainConfig, train_detector
+    if size % 32 or size < 128:
+        fail(f"--size must be a multiple of 32 and at least 128 (the coarsest level needs 2 x 2 cells), got {size}")
+    cfg = DetTrainConfig(arch=arch, init=init, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                         threads=threads, hflip=hflip)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
+    with Progress(console=console) as bar:
+        load = bar.add_task("reading data", total=None)
+        task_bar = bar.add_task("training", total=epochs)
+
+        def on_epoch(row):
+            bar.update(task_bar, completed=row["epoch"] + 1)
+            loss = sum(v for k, v in row.items() if k.startswith("train_"))
+            aps = "  ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_ap"))
+            bar.console.print(f"epoch {row['epoch']:3d}  loss {loss:.4f}  {aps}  ({row['seconds']} s)")
+        result = train_detector(data, out_dir, cfg, resume=resume, progress=on_epoch,
+                                load_progress=lambda i, n: bar.update(load, completed=i, total=n))
+    out.print(f"best val AP[.5:.95] {result['best']:.4f}; checkpoints and metrics in {out_dir}")
+
+
 @eval_app.command("head-seg")
 def eval_head_seg_cmd(
     data: Path = typer.Option(None, "--data", help="HC18 folder. Default: $FETALKIT_DATA/hc18."),
@@ -249,6 +288,126 @@ def eval_psfhs_seg_cmd(
     out.print(f"fetal head       Dice {s['dice_fh_mean']:.4f}  HD95 {s['hd95_fh_mean']:.2f} px  ASD {s['asd_fh_mean']:.2f} px")
     out.print(f"|delta AoP| mean {s['aop_abs_diff_deg_mean']:.2f} deg, median {s['aop_abs_diff_deg_median']:.2f} deg;  "
               f"challenge score {s['challenge_score']:.4f}")
+
+
+@export_app.command("detector")
+def export_detector_cmd(
+    checkpoint: Path = typer.Argument(..., help="A detector run's best.pt (or last.pt)."),
+    out_path: Path = typer.Option(..., "--out", help="Target .onnx file (the card .json is written beside it)."),
+    name: str = typer.Option(None, help="Model name in the card (default: file stem)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write OUT stem + '-int8.onnx': static INT8 calibrated on training images."),
+    calibration: int = typer.Option(64, help="Calibration images for --int8 (from the run's train split)."),
+    data: Path = typer.Option(None, "--data", help="The run's label set (for --int8 calibration images)."),
+):
+    """Export a single-stage detector (fcos-mnv2, retinanet-mnv2) to ONNX + card; check torch/onnxruntime parity."""
+    _needs_training_extra()
+    from fetalkit.errors import InputError
+    from fetalkit.training.export import export_detector, quantize_detector
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: checkpoint not found")
+    if int8 and data is None:
+        fail("--int8 needs --data (the label set the run trained on) for calibration images")
+    card = export_detector(checkpoint, out_path, name)
+    out.print(f"wrote {out_path} ({out_path.stat().st_size / 2**20:.1f} MB, {card['params'] / 1e6:.2f} M params)")
+    if int8:
+        from fetalkit.detection.formats import read_detection_set
+        from fetalkit.io.images import read_gray
+        ds = read_detection_set(data)
+        train = {ln.split(",")[0] for ln in (checkpoint.parent / "split.txt").read_text().splitlines()
+                 if ln.endswith(",train")}
+        paths = [s.image_path for s in ds.samples if s.file_name in train][:: max(1, len(train) // calibration)]
+        q_path = out_path.with_name(out_path.stem + "-int8.onnx")
+        quantize_detector(out_path, q_path, [read_gray(p) for p in paths[:calibration]])
+        out.print(f"wrote {q_path} ({q_path.stat().st_size / 2**20:.1f} MB, INT8, {len(paths[:calibration])} calibration images)")
+
+
+@eval_app.command("detector")
+def eval_detector_cmd(
+    data: Path = typer.Option(..., "--data", help="COCO / YOLO / CVAT label set with its images."),
+    model: str = typer.Option(None, "--model", help="Bundled detector name or .onnx path (default: the bundled PSFHS detector)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for summary.json, detections.json and f1_curve.png."),
+    split: str = typer.Option("all", help="Score part of the group split (train / val / test, as in training) or all."),
+    seed: int = typer.Option(0, help="Split seed (the one used for training)."),
+    conf: float = typer.Option(None, help="Confidence threshold (default: the model's stored operating point)."),
+    iou: float = typer.Option(None, help="NMS IoU (default: the model's stored operating point)."),
+    sweep: bool = typer.Option(False, help="Sweep confidence x NMS IoU for the best label F1; plot F1 vs confidence."),
+    card: bool = typer.Option(False, "--update-card", help="Store the figures (and, with --sweep on the val split, the operating point) in the card."),
+    class_names: str = typer.Option(None, help="Class names of a YOLO ONNX without metadata, comma-separated."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """COCO AP[.5:.95] / AP50 (faster-coco-eval), label P / R / F1 and FPPI on negatives; threshold sweep."""
+    _check_split(split)
+    from rich.progress import Progress
+    from fetalkit.detection.formats import read_detection_set
+    from fetalkit.evaluation.detection import evaluate_detector, plot_f1_curves
+    from fetalkit.runtime.detector import OnnxDetector, detections_json
+    from fetalkit.runtime.registry import resolve_model
+    from fetalkit.io.images import atomic_write_bytes
+    ds = read_detection_set(data)
+    if split != "all":
+        from fetalkit.datasets.splits import select_split
+        ds = ds.subset(select_split(ds.groups(), split, seed))
+    if not ds.samples:
+        fail(f"{data}: no images in the {split} split")
+    det = OnnxDetector(resolve_model(model, "detector"), class_names=class_names.split(",") if class_names else None)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"detecting ({split})", total=len(ds.samples))
+        s = evaluate_detector(ds, det, conf, iou, sweep, progress=lambda i, n: bar.update(task, completed=i))
+    dets, result = s.pop("_detections"), s.pop("_sweep", None)
+    s.update(model=str(det.path), data=str(data), split=split, seed=seed)
+    records = [r for smp, d in zip(ds.samples, dets) for r in detections_json(smp.file_name, d, ds.categories)]
+    atomic_write_bytes(out_dir / "detections.json", json.dumps(records, indent=1).encode())
+    if result:
+        atomic_write_bytes(out_dir / "sweep.json", json.dumps(result["table"]).encode())
+        try:
+            plot_f1_curves(result, ds.categories, out_dir / "f1_curve.png")
+        except ModuleNotFoundError:
+            console.print("no F1 plot: it needs matplotlib (pip install 'fetalkit[train]'); the curve is in sweep.json")
+    atomic_write_bytes(out_dir / "summary.json", json.dumps(s, indent=2).encode())
+    if card and det.card:
+        from fetalkit.training.export import update_card
+        keys = ("ap", "ap50", "precision", "recall", "f1", "fppi")
+        update_card(det.path, "metrics", {f"{split}_{k}": round(float(v), 4) for k, v in s.items()
+                                          if k.startswith(keys) and isinstance(v, (int, float))}
+                    | {f"{split}_n_images": s["n_images"]})
+        if result:
+            if split != "val":
+                console.print("[yellow]operating point not stored: choose it on the val split, not on "
+                              f"{split}[/yellow]")
+            else:
+                b = result["best"]
+                update_card(det.path, "operating_point", {"conf": b["conf"], "iou": b["iou"],
+                                                          "chosen_on": f"val split (seed {seed}), best mean label F1 {b['f1_mean']:.4f}"})
+    if json_out:
+        out.print_json(json.dumps(s))
+        return
+    out.print(f"{s['n_images']} images ({split} split), {s['n_negative_images']} without any box; "
+              f"conf {s['conf']:.3f}, NMS IoU {s['iou']:.2f}")
+    for c in ds.categories:
+        out.print(f"{c:18s} AP {s[f'ap_{c}']:.4f}  AP50 {s[f'ap50_{c}']:.4f}  P {s[f'precision_{c}']:.4f}  "
+                  f"R {s[f'recall_{c}']:.4f}  F1 {s[f'f1_{c}']:.4f}  FPPI {s[f'fppi_{c}']:.4f} "
+                  f"({s[f'negatives_{c}']} negatives)")
+    out.print(f"{'all':18s} AP {s['ap']:.4f}  AP50 {s['ap50']:.4f}  P {s['precision']:.4f}  R {s['recall']:.4f}  "
+              f"F1 {s['f1']:.4f}  FPPI {s['fppi']:.4f}")
+    if result:
+        b = result["best"]
+        out.print(f"best operating point: conf {b['conf']:.3f}, NMS IoU {b['iou']:.2f} (mean label F1 {b['f1_mean']:.4f}); "
+                  f"curve in {out_dir / 'f1_curve.png'}")
+
+
+@app.command("detect")
+def detect_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or folders."),
+               model: str = typer.Option(None, "--model", help="Bundled detector name or .onnx path (default: the bundled PSFHS detector; YOLO ONNX exports accepted)."),
+               conf: float = typer.Option(None, help="Confidence threshold (default: the model's operating point)."),
+               iou: float = typer.Option(None, help="NMS IoU (default: the model's operating point)."),
+               out_dir: Path = typer.Option(..., "--out", help="Output folder: detections.json (+ overlays)."),
+               overlay: bool = typer.Option(False, help="Also write OUT/overlays/NAME.png with the boxes drawn."),
+               class_names: str = typer.Option(None, help="Class names of a YOLO ONNX without metadata, comma-separated."),
+               quiet: bool = typer.Option(False, "--quiet")):
+    """Detect regions of interest; writes COCO-results-style detections.json (bbox [x, y, w, h] in input pixels)."""
+    from fetalkit.detection.jobs import detect_files
+    rows = detect_files(inputs, model, conf, iou, out_dir, overlay, class_names.split(",") if class_names else None)
+    _finish(rows, quiet, f"detections in {out_dir / 'detections.json'}")
 
 
 @biometry_app.command("head")
@@ -402,6 +561,29 @@ def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file or an image."),
     else:
         out.print(f"image re-encoded without metadata; {report['overlay_px_removed']} burned-in pixels removed")
     out.print(f"wrote {output}")
+
+
+@data_app.command("boxes")
+def data_boxes_cmd(src: Path = typer.Argument(..., help="PSFHS or HC18 folder (boxes from their labels), or a COCO json / YOLO folder / CVAT XML (or a folder of CVAT annotations.xml)."),
+                   fmt: str = typer.Option("coco", "--format", help="Output format: coco or yolo."),
+                   out_dir: Path = typer.Option(..., "--out", help="New output folder (refused if it exists)."),
+                   square: bool = typer.Option(False, help="Make every box a square around its object (box shape then leaks nothing)."),
+                   negatives: bool = typer.Option(True, help="PSFHS: add one derived negative per image (see fetalkit.detection.sources)."),
+                   copy_images: bool = typer.Option(True, help="Copy the images into OUT/images (label files only with --no-copy-images).")):
+    """Convert detection labels between formats, or derive boxes from segmentation labels."""
+    from rich.progress import Progress
+    from fetalkit.detection.formats import write_detection_set
+    from fetalkit.detection.sources import source_set
+    if fmt not in ("coco", "yolo"):
+        fail(f"--format must be coco or yolo, got {fmt!r}")
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("reading labels", total=None)
+        ds, pixels = source_set(src, square, negatives, progress=lambda i, n: bar.update(task, completed=i, total=n))
+        bar.update(task, description="writing")
+        write_detection_set(ds, out_dir, fmt, pixels, copy_images)
+    counts = ds.counts()
+    out.print(f"{counts.pop('images')} images ({counts.pop('negative_images')} without any box); boxes: "
+              + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; wrote {fmt} to {out_dir}")
 
 
 @data_app.command("dedup")

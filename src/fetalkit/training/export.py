@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fetalkit.io.images import atomic_write_bytes
 from fetalkit.runtime.card import write_card
 from fetalkit.runtime.preprocess import GRAY_MEAN, GRAY_STD
 from fetalkit.training.models import SEG_ARCHS, count_parameters
@@ -76,3 +77,74 @@ def update_card(onnx_path: Path, section: str, values: dict) -> None:
     card = json.loads(path.read_text())
     card.setdefault(section, {}).update(values)
     write_card(onnx_path, card)
+
+
+def export_detector(checkpoint: Path, out_path: Path, name: str | None = None) -> dict:
+    """Export a single-stage detector run to ONNX (dense layout, see fetalkit.runtime.detector) + card."""
+    import torch
+    from fetalkit.training.detect import load_detector_checkpoint
+    from fetalkit.training.detectors import DET_ARCHS, DenseDetectorExport
+    from fetalkit.io.images import atomic_writer
+    model, cfg, ck = load_detector_checkpoint(checkpoint)
+    wrapper = DenseDetectorExport(model, cfg.size).eval()
+    x = torch.zeros(1, 1, cfg.size, cfg.size)
+    with atomic_writer(out_path) as f:
+        torch.onnx.export(wrapper, (x,), f, opset_version=17, input_names=["image"], output_names=["boxes", "scores"],
+                          dynamic_axes={"image": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}},
+                          dynamo=False)
+    run_dir = checkpoint.parent
+    command = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else ""
+    card = {
+        "name": name or out_path.stem, "task": "detector", "input_hw": [cfg.size, cfg.size],
+        "normalise": {"mean": 0.0, "std": 1.0, "applied_to": "x / 255 (the graph normalises inside)"},
+        "classes": list(cfg.categories), "output": "dense",
+        "operating_point": {"conf": 0.25, "iou": 0.6, "chosen_on": "default (run eval detector --sweep --update-card)"},
+        "arch": cfg.arch, "arch_description": DET_ARCHS[cfg.arch].description,
+        "params": count_parameters(model), "init": cfg.init, "precision": "fp32",
+        "train": {"epochs": cfg.epochs, "best_epoch": ck["epoch"], "seed": cfg.seed, "lr": cfg.lr,
+                  "batch_size": cfg.batch_size, "size": cfg.size, "command": command,
+                  "val_metrics": {k: v for k, v in ck.get("metrics", {}).items() if k.startswith("val_")}},
+        "split": {"seed": cfg.seed, **split_counts(run_dir)},
+        "metrics": {},
+    }
+    write_card(out_path, card)
+    return card
+
+
+def quantize_detector(fp32_path: Path, out_path: Path, calibration: list, name: str | None = None) -> dict:
+    """Static INT8 (QDQ, per-channel weights) with onnxruntime's quantize_static on calibration
+    images (H x W uint8); the card is the FP32 card with ``precision: int8``."""
+    import tempfile
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from fetalkit.runtime.card import read_card
+    from fetalkit.runtime.detector import OnnxDetector
+
+    det = OnnxDetector(fp32_path, threads=2)
+    batches = [det.prepare(im)[0] for im in calibration]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(batches)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {det.input_name: x}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        q = Path(tmp) / "int8.onnx"
+        # The box-decoding tail (after the head's last convolutions) stays in float.
+        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        op_types_to_quantize=["Conv", "Add", "Relu", "Clip", "Resize", "MaxPool", "Mul"])
+        atomic_write_bytes(out_path, q.read_bytes())
+    card = read_card(fp32_path)
+    card.update(name=name or out_path.stem, precision="int8",
+                quantisation={"method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations",
+                              "calibration_images": len(calibration), "from": fp32_path.name},
+                metrics={})
+    card.pop("speed", None)
+    write_card(out_path, card)
+    return card

@@ -1,0 +1,207 @@
+"""The detector runtime: onnxruntime only, for fetalkit's own detectors and YOLO ONNX exports.
+
+Accepted ONNX layouts (``DetectorLayout``):
+
+* ``dense`` (fetalkit export): input ``N x 1 x S x S`` gray, x/255 (normalisation is in
+  the graph); outputs ``boxes N x A x 4`` (x1, y1, x2, y2, input pixels) and
+  ``scores N x A x C``.  Image letterboxed into the top-left corner, zero padding.
+* ``yolov8`` (Ultralytics YOLOv8 / YOLO11 ``export format=onnx``): input ``N x 3 x S x S``
+  RGB, x/255; one output ``N x (4 + C) x A`` of (cx, cy, w, h, class scores).
+  Image letterboxed in the centre with grey 114, as Ultralytics trains.
+* ``yolov5`` (YOLOv5 ``export.py --include onnx``): as yolov8 but one output
+  ``N x A x (5 + C)`` of (cx, cy, w, h, objectness, class scores); score = obj x class.
+
+Thresholds and per-class NMS run here, so the operating point is a runtime choice.
+A YOLO file needs no card: its class names come from the ``names`` metadata that
+Ultralytics writes, else from a card or ``class_names``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fetalkit.errors import InputError, ModelError
+from fetalkit.evaluation.detection import ImageDetections
+from fetalkit.runtime.card import card_path_for, read_card
+
+LAYOUTS = ("dense", "yolov8", "yolov5")
+DEFAULT_OPERATING_POINT = {"conf": 0.25, "iou": 0.6}
+
+
+def letterbox(image: np.ndarray, size: int, centre: bool = False, pad_value: int = 0) -> tuple[np.ndarray, float]:
+    """Resize keeping the aspect ratio so the longer side is ``size``, pad to ``size x size``.
+
+    Returns the padded image and the scale (model pixels per image pixel).  Padding goes
+    to the bottom/right, or around the image with ``centre`` (offset via :func:`letterbox_offset`).
+    """
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    out = np.full((size, size) + image.shape[2:], pad_value, image.dtype)
+    oy, ox = letterbox_offset((h, w), size) if centre else (0, 0)
+    out[oy:oy + nh, ox:ox + nw] = resized
+    return out, scale
+
+
+def letterbox_offset(hw: tuple[int, int], size: int) -> tuple[int, int]:
+    scale = size / max(hw)
+    nh, nw = max(1, round(hw[0] * scale)), max(1, round(hw[1] * scale))
+    return (size - nh) // 2, (size - nw) // 2
+
+
+def nms_per_class(boxes_xyxy: np.ndarray, scores: np.ndarray, conf: float, iou: float,
+                  max_det: int = 100) -> ImageDetections:
+    """Candidates ``A x 4`` with class scores ``A x C`` -> detections above ``conf`` after
+    per-class NMS at ``iou`` (a candidate may yield one detection per class, as in COCO practice)."""
+    keep_a, keep_c = np.nonzero(scores >= conf)
+    if not len(keep_a):
+        return ImageDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    b, s, c = boxes_xyxy[keep_a], scores[keep_a, keep_c], keep_c
+    xywh = np.column_stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]]).astype(np.float32)
+    idx = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), s.astype(float).tolist(), c.astype(np.int32).tolist(),
+                                             float(conf), float(iou)), dtype=np.int64).reshape(-1)
+    idx = idx[np.argsort(-s[idx], kind="stable")][:max_det]
+    return ImageDetections(b[idx].astype(np.float32), s[idx].astype(np.float32), c[idx].astype(np.int64))
+
+
+@dataclass
+class DetectorSpec:
+    layout: str
+    size: int
+    in_channels: int
+    classes: list[str]
+    operating_point: dict
+
+
+def _yolo_spec(session, path: Path, class_names: list[str] | None) -> DetectorSpec:
+    outs = session.get_outputs()
+    inp = session.get_inputs()[0]
+    if len(outs) < 1 or len(outs[0].shape) != 3 or len(inp.shape) != 4:
+        raise ModelError(f"{path}: not a detector fetalkit can run (no card, and not a YOLO layout: "
+                         f"input {inp.shape}, outputs {[o.shape for o in outs]}); export with 'fetalkit export detector'")
+    _, a, b = outs[0].shape
+    size = inp.shape[2] if isinstance(inp.shape[2], int) else 640
+    names = class_names
+    meta = session.get_modelmeta().custom_metadata_map
+    if names is None and "names" in meta:
+        try:
+            parsed = ast.literal_eval(meta["names"])
+            names = [parsed[k] for k in sorted(parsed)] if isinstance(parsed, dict) else list(parsed)
+        except (ValueError, SyntaxError):
+            names = None
+    if isinstance(a, int) and isinstance(b, int):
+        layout = "yolov8" if a < b else "yolov5"
+    else:
+        layout = "yolov8" if isinstance(a, int) else "yolov5"
+    n_cls = (a - 4 if layout == "yolov8" else b - 5) if isinstance(a if layout == "yolov8" else b, int) else None
+    if names is None:
+        raise ModelError(f"{path}: YOLO model without class names; pass them (--class-names a,b) or add a card")
+    if n_cls is not None and n_cls != len(names):
+        raise ModelError(f"{path}: the model has {n_cls} classes but {len(names)} names were given")
+    return DetectorSpec(layout, int(size), int(inp.shape[1]) if isinstance(inp.shape[1], int) else 3, list(names),
+                        dict(DEFAULT_OPERATING_POINT))
+
+
+class OnnxDetector:
+    """An ONNX detector run by onnxruntime: ``detect(image)`` -> boxes in image pixels."""
+
+    def __init__(self, path: str | Path, threads: int = 2, class_names: list[str] | None = None):
+        import onnxruntime as ort
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelError(f"{self.path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        if card_path_for(self.path).is_file():
+            self.card = read_card(self.path)
+            if self.card["task"] != "detector":
+                raise ModelError(f"{self.path}: a {self.card['task']} model, but this command needs a detector")
+            layout = self.card.get("output", "dense")
+            if layout not in LAYOUTS:
+                raise ModelError(f"{card_path_for(self.path)}: unknown detector output layout {layout!r} ({', '.join(LAYOUTS)})")
+            self.spec = DetectorSpec(layout, int(self.card["input_hw"][0]), 1 if layout == "dense" else 3,
+                                     list(class_names or self.card["classes"]),
+                                     {**DEFAULT_OPERATING_POINT, **self.card.get("operating_point", {})})
+            if layout != "dense":
+                self.spec.in_channels = int(self.session.get_inputs()[0].shape[1])
+        else:
+            self.card = {}
+            self.spec = _yolo_spec(self.session, self.path, class_names)
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        inp = self.session.get_inputs()[0].shape
+        outs = [o.shape for o in self.session.get_outputs()]
+        ok = len(inp) == 4 and inp[1] in (self.spec.in_channels, "channels") or isinstance(inp[1], str)
+        if self.spec.layout == "dense":
+            ok = ok and len(outs) == 2 and len(outs[0]) == 3 and len(outs[1]) == 3
+        if not ok:
+            raise ModelError(f"{self.path}: graph input {inp} / outputs {outs} do not fit the "
+                             f"{self.spec.layout} detector layout")
+
+    @property
+    def classes(self) -> list[str]:
+        return self.spec.classes
+
+    @property
+    def operating_point(self) -> dict:
+        return self.spec.operating_point
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int]]:
+        """Letterboxed model input (1 x C x S x S float32), scale and (y, x) offset."""
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise InputError(f"detector input must be a 2-D uint8 gray image, got {image.dtype} {image.shape}")
+        centre = self.spec.layout != "dense"
+        boxed, scale = letterbox(image, self.spec.size, centre=centre, pad_value=114 if centre else 0)
+        offset = letterbox_offset(image.shape, self.spec.size) if centre else (0, 0)
+        x = boxed.astype(np.float32) * (1.0 / 255.0)
+        x = np.broadcast_to(x, (self.spec.in_channels,) + x.shape)[None]
+        return np.ascontiguousarray(x), scale, offset
+
+    def candidates(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All candidate boxes (image pixels, x1 y1 x2 y2) and their class scores, before NMS."""
+        x, scale, (oy, ox) = self.prepare(image)
+        outs = self.session.run(None, {self.input_name: x})
+        if self.spec.layout == "dense":
+            boxes, scores = outs[0][0], outs[1][0]
+        else:
+            raw = outs[0][0]
+            raw = raw.T if self.spec.layout == "yolov8" else raw
+            cx, cy, w, h = raw[:, 0], raw[:, 1], raw[:, 2], raw[:, 3]
+            boxes = np.column_stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+            scores = raw[:, 4:] if self.spec.layout == "yolov8" else raw[:, 5:] * raw[:, 4:5]
+        boxes = (boxes - np.array([ox, oy, ox, oy], np.float32)) / scale
+        hh, ww = image.shape
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, ww)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, hh)
+        return boxes.astype(np.float32), scores.astype(np.float32)
+
+    def detect(self, image: np.ndarray, conf: float | None = None, iou: float | None = None) -> ImageDetections:
+        conf = self.operating_point["conf"] if conf is None else conf
+        iou = self.operating_point["iou"] if iou is None else iou
+        boxes, scores = self.candidates(image)
+        return nms_per_class(boxes, scores, conf, iou)
+
+
+def detections_json(file_name: str, dets: ImageDetections, classes: list[str]) -> list[dict]:
+    """COCO-results-style records: file_name, category, bbox [x, y, w, h] in input pixels, score."""
+    return [{"file_name": file_name, "category": classes[int(k)],
+             "bbox": [round(float(x1), 2), round(float(y1), 2), round(float(x2 - x1), 2), round(float(y2 - y1), 2)],
+             "score": round(float(s), 5)}
+            for (x1, y1, x2, y2), s, k in zip(dets.boxes_xyxy, dets.scores, dets.labels)]
+
+
+def dump_json(records: list[dict]) -> str:
+    return json.dumps(records, indent=1)

@@ -1,0 +1,166 @@
+"""Detector builders: one registry of torchvision detection architectures (BSD), built with
+``weights=None`` and a MobileNetV2 + FPN backbone initialised from the offline ImageNet weights.
+
+Every architecture exports to ONNX in one layout (see :class:`DenseDetectorExport`):
+a gray ``B x 1 x S x S`` image in 0..1 in, ``boxes B x N x 4`` (x1, y1, x2, y2 in input
+pixels) and ``scores B x N x C`` out; thresholds and NMS run in the runtime, so the
+operating point can change without a new export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v2
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from fetalkit.errors import ModelError
+from fetalkit.runtime.preprocess import GRAY_MEAN, GRAY_STD
+from fetalkit.training.models import offline_imagenet_weights
+
+# MobileNetV2 feature stages (torchvision ``features`` index -> channels) at strides 8, 16, 32.
+_MNV2_STAGES = {"6": 32, "13": 96, "17": 320}
+
+
+def mobilenet_v2_fpn(fpn_channels: int, extra_blocks: nn.Module, init: str = "imagenet",
+                     last_stride: int = 32) -> BackboneWithFPN:
+    """Gray-input MobileNetV2 trunk up to ``last_stride`` (16 or 32) with an FPN of ``fpn_channels``.
+
+    ImageNet init sums the RGB filters of the first convolution into one gray filter.
+    Stopping at stride 16 drops the 160/320-channel stages: FCOS then gets P5 and P6
+    from strided convolutions on P4, which keeps a 256 px model near 6 ms on 2 cores.
+    """
+    stages = dict(list(_MNV2_STAGES.items())[: 2 if last_stride == 16 else 3])
+    depth = int(list(stages)[-1]) + 1
+    trunk = mobilenet_v2(weights=None).features[:depth]
+    first = trunk[0][0]
+    trunk[0][0] = nn.Conv2d(1, first.out_channels, first.kernel_size, first.stride, first.padding, bias=False)
+    if init == "imagenet":
+        state = {k[len("features."):]: v for k, v in offline_imagenet_weights("mobilenet_v2").items()
+                 if k.startswith("features.") and int(k.split(".")[1]) < depth}
+        state["0.0.weight"] = state["0.0.weight"].sum(dim=1, keepdim=True)
+        trunk.load_state_dict(state, strict=True)
+    elif init != "random":
+        raise ModelError(f"unknown init {init!r}; use imagenet or random")
+    return BackboneWithFPN(trunk, {k: str(i) for i, k in enumerate(stages)}, list(stages.values()), fpn_channels,
+                           extra_blocks=extra_blocks)
+
+
+def _transform_kwargs(size: int) -> dict:
+    # Inputs arrive letterboxed to size x size, so torchvision's internal resize is a no-op.
+    return dict(min_size=size, max_size=size, image_mean=[GRAY_MEAN], image_std=[GRAY_STD])
+
+
+def _fcos(num_classes: int, size: int, init: str) -> nn.Module:
+    backbone = mobilenet_v2_fpn(32, LastLevelP6P7(32, 32), init, last_stride=16)
+    # Levels at strides 8, 16, 32, 64; FCOS sends an object to the level whose range
+    # (4..8 x the level's size) holds its largest centre-to-edge distance.
+    anchors = AnchorGenerator(((8,), (16,), (32,), (64,)), ((1.0,),) * 4)
+    head = FCOSHead(32, num_anchors=1, num_classes=num_classes + 1, num_convs=2)
+    return FCOS(backbone, num_classes + 1, anchor_generator=anchors, head=head, score_thresh=0.01, nms_thresh=0.6,
+                detections_per_img=50, topk_candidates=200, **_transform_kwargs(size))
+
+
+def _retinanet(num_classes: int, size: int, init: str) -> nn.Module:
+    backbone = mobilenet_v2_fpn(64, LastLevelP6P7(64, 64), init)
+    sizes = tuple((s, int(s * 1.26), int(s * 1.59)) for s in (16, 32, 64, 128, 256))
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    return RetinaNet(backbone, num_classes + 1, anchor_generator=anchors, score_thresh=0.01, nms_thresh=0.6,
+                     detections_per_img=50, topk_candidates=200, **_transform_kwargs(size))
+
+
+def _faster_rcnn(num_classes: int, size: int, init: str) -> nn.Module:
+    backbone = mobilenet_v2_fpn(64, LastLevelMaxPool(), init)
+    sizes = ((16,), (32,), (64,), (128,))
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    roi_pool = MultiScaleRoIAlign(["0", "1", "2", "pool"], output_size=7, sampling_ratio=2)
+    box_head = TwoMLPHead(64 * 7 * 7, 256)
+    return FasterRCNN(backbone, None, rpn_anchor_generator=anchors, box_roi_pool=roi_pool, box_head=box_head,
+                      box_predictor=FastRCNNPredictor(256, num_classes + 1),
+                      rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+                      rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
+                      box_batch_size_per_image=128, box_score_thresh=0.01, box_nms_thresh=0.6,
+                      box_detections_per_img=50, **_transform_kwargs(size))
+
+
+@dataclass(frozen=True)
+class DetArch:
+    """A detection architecture: how to build it and what it is for."""
+
+    name: str
+    build: Callable[[int, int, str], nn.Module]
+    single_stage: bool
+    description: str
+
+
+DET_ARCHS: dict[str, DetArch] = {
+    "fcos-mnv2": DetArch("fcos-mnv2", _fcos, True,
+                         "FCOS, MobileNetV2 to stride 16 + 32-channel FPN (P3-P6), 2-conv head: the fast model"),
+    "retinanet-mnv2": DetArch("retinanet-mnv2", _retinanet, True,
+                              "RetinaNet, MobileNetV2 + 64-channel FPN (P3-P7), 9 anchors per place"),
+    "fasterrcnn-mnv2": DetArch("fasterrcnn-mnv2", _faster_rcnn, False,
+                               "Faster R-CNN, MobileNetV2 + 64-channel FPN, 256-d box head (two-stage)"),
+}
+
+
+def build_detector(arch: str, num_classes: int, size: int = 256, init: str = "imagenet") -> nn.Module:
+    """A torchvision detector for ``num_classes`` object classes (background is added inside)."""
+    if arch not in DET_ARCHS:
+        raise ModelError(f"unknown detector architecture {arch!r}; choose one of {', '.join(DET_ARCHS)}")
+    return DET_ARCHS[arch].build(num_classes, size, init)
+
+
+def backbone_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(pretrained trunk, everything else): the two groups of the discriminative learning rates."""
+    trunk = [p for n, p in model.named_parameters() if n.startswith("backbone.body.")]
+    ids = {id(p) for p in trunk}
+    return trunk, [p for p in model.parameters() if id(p) not in ids]
+
+
+class DenseDetectorExport(nn.Module):
+    """The network part of a single-stage detector with box decoding, for ONNX.
+
+    Anchors depend only on the input size, so they are computed once for a fixed
+    ``size`` and stored as a constant; scores follow torchvision's own postprocessing
+    (FCOS: sqrt(sigmoid(class) * sigmoid(centerness)); RetinaNet: sigmoid(class)).
+    """
+
+    def __init__(self, model: nn.Module, size: int):
+        super().__init__()
+        if not isinstance(model, (FCOS, RetinaNet)):
+            raise ModelError("dense export needs a single-stage detector (FCOS / RetinaNet)")
+        self.model = model
+        self.is_fcos = isinstance(model, FCOS)
+        self.register_buffer("mean", torch.tensor(GRAY_MEAN).view(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor(GRAY_STD).view(1, 1, 1, 1))
+        with torch.no_grad():
+            dummy = torch.zeros(1, 1, size, size)
+            feats = list(model.backbone(dummy).values())
+            anchors = model.anchor_generator(ImageList(dummy, [(size, size)]), feats)[0]
+        self.register_buffer("anchors", anchors)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (x - self.mean) / self.std
+        feats = list(self.model.backbone(x).values())
+        out = self.model.head(feats)
+        b = x.shape[0]
+        reg = out["bbox_regression"]
+        anchors = self.anchors.unsqueeze(0).expand(b, -1, -1).reshape(-1, 4)
+        coder = self.model.box_coder
+        decode = coder.decode if self.is_fcos else coder.decode_single
+        boxes = decode(reg.reshape(-1, 4), anchors).reshape(b, -1, 4)
+        boxes = boxes.clamp(min=0, max=float(x.shape[-1]))
+        scores = torch.sigmoid(out["cls_logits"])
+        if self.is_fcos:
+            scores = torch.sqrt(scores * torch.sigmoid(out["bbox_ctrness"]))
+        return boxes, scores[:, :, 1:]  # column 0 is torchvision's never-trained background

@@ -1,0 +1,181 @@
+"""Detector training, export (FP32 + INT8), runtime parity and the detector CLI, on a tiny generated set."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fetalkit.detection.boxes import DetSample, DetSet  # noqa: E402
+from fetalkit.detection.formats import write_detection_set  # noqa: E402
+from fetalkit.io.images import write_image  # noqa: E402
+
+
+def fetalkit(*args):
+    return subprocess.run([sys.executable, "-m", "fetalkit.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def blob_set(tmp_path_factory):
+    """48 speckled 64 x 64 images: a bright square ('ps') and a bright disc ('fh'); every 4th a negative."""
+    root = tmp_path_factory.mktemp("blobs")
+    rng = np.random.default_rng(1)
+    samples = []
+    for i in range(48):
+        image = rng.integers(10, 70, (64, 64), dtype=np.uint8)
+        boxes, labels = [], []
+        if i % 4:
+            x, y = rng.integers(4, 30, 2)
+            image[y:y + 12, x:x + 12] = 230
+            boxes.append([x, y, x + 12, y + 12])
+            labels.append(0)
+            yy, xx = np.mgrid[:64, :64]
+            cx, cy = rng.integers(40, 52, 2)
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 64] = 180
+            boxes.append([cx - 8, cy - 8, cx + 9, cy + 9])
+            labels.append(1)
+        path = write_image(root / "src" / f"b{i:02d}.png", image)
+        samples.append(DetSample(f"b{i:02d}.png", path, 64, 64, np.asarray(boxes, np.float32).reshape(-1, 4),
+                                 np.asarray(labels, np.int64), group=f"g{i // 2}"))
+    return write_detection_set(DetSet(["ps", "fh"], samples), root / "coco", "coco")
+
+
+@pytest.fixture(scope="module")
+def trained(blob_set, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    res = fetalkit("train", "detector", "--data", blob_set, "--out", run, "--epochs", "2", "--batch-size", "8",
+                   "--size", "128", "--init", "random")
+    assert res.returncode == 0, res.stderr
+    return run
+
+
+def test_training_writes_run_files(trained):
+    for name in ("best.pt", "last.pt", "metrics.csv", "metrics.png", "split.txt", "command.txt", "config.json"):
+        assert (trained / name).is_file(), name
+    header = (trained / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val_ap", "val_ap50", "val_ap_ps", "val_ap_fh"} <= set(header)
+    parts = {ln.rsplit(",", 1)[1] for ln in (trained / "split.txt").read_text().splitlines()}
+    assert parts == {"train", "val", "test"}
+
+
+def test_training_resumes_exactly(blob_set, tmp_path):
+    from fetalkit.detection.formats import read_detection_set
+    from fetalkit.training.detect import DetTrainConfig, fit, load_letterboxed, split_indices
+    ds = read_detection_set(blob_set)
+    cfg = DetTrainConfig(size=128, epochs=2, batch_size=8, init="random", categories=ds.categories)
+    tr, va, _ = split_indices(ds, 0)
+    data = load_letterboxed(ds, 128)
+    full = fit(ds, data, tr, va, cfg, tmp_path / "a")
+    fit(ds, data, tr, va, cfg, tmp_path / "b", stop_after_epoch=0)
+    resumed = fit(ds, data, tr, va, cfg, tmp_path / "b")
+    for key in ("train_classification", "train_bbox_regression", "train_bbox_ctrness", "val_ap"):
+        assert resumed["last"][key] == pytest.approx(full["last"][key], abs=1e-6), key
+
+
+def test_export_parity_int8_and_runtime(trained, blob_set, tmp_path):
+    from fetalkit.io.images import read_gray
+    from fetalkit.runtime.detector import OnnxDetector
+    from fetalkit.training.detect import load_detector_checkpoint
+    from fetalkit.training.detectors import DenseDetectorExport
+    onnx_path = tmp_path / "det.onnx"
+    res = fetalkit("export", "detector", trained / "best.pt", "--out", onnx_path, "--int8", "--data", blob_set,
+                   "--calibration", "8")
+    assert res.returncode == 0, res.stderr
+    card = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert card["task"] == "detector" and card["classes"] == ["ps", "fh"] and card["output"] == "dense"
+    det = OnnxDetector(onnx_path)
+    image = read_gray(blob_set / "images" / "b01.png")
+    boxes, scores = det.candidates(image)
+    model, cfg, _ = load_detector_checkpoint(trained / "best.pt")
+    x, scale, _ = det.prepare(image)
+    with torch.no_grad():
+        tb, ts = DenseDetectorExport(model, cfg.size)(torch.from_numpy(x))
+    assert np.abs(tb[0].numpy() / scale - boxes).max() < 1e-3 and np.abs(ts[0].numpy() - scores).max() < 1e-4
+    q = OnnxDetector(tmp_path / "det-int8.onnx")
+    assert json.loads((tmp_path / "det-int8.json").read_text())["precision"] == "int8"
+    qb, qs = q.candidates(image)
+    assert qs.shape == scores.shape and np.abs(qs - scores).mean() < 0.05
+
+
+def test_eval_detect_and_sweep_cli(trained, blob_set, tmp_path):
+    onnx_path = tmp_path / "det.onnx"
+    assert fetalkit("export", "detector", trained / "best.pt", "--out", onnx_path).returncode == 0
+    res = fetalkit("eval", "detector", "--data", blob_set, "--model", onnx_path, "--out", tmp_path / "ev",
+                   "--split", "val", "--sweep", "--update-card", "--json")
+    assert res.returncode == 0, res.stderr
+    s = json.loads(res.stdout)
+    assert 0.0 <= s["ap"] <= 1.0 and "fppi_ps" in s and s["sweep_best"]["iou"] in (0.4, 0.5, 0.6, 0.7)
+    assert (tmp_path / "ev" / "f1_curve.png").is_file() and (tmp_path / "ev" / "detections.json").is_file()
+    op = json.loads(onnx_path.with_suffix(".json").read_text())["operating_point"]
+    assert op["conf"] == s["sweep_best"]["conf"] and op["chosen_on"].startswith("val split")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    res = fetalkit("detect", blob_set / "images" / "b01.png", bad, "--model", onnx_path, "--out", tmp_path / "d",
+                   "--conf", "0.001", "--overlay")
+    assert res.returncode == 1 and "bad.png" in res.stderr and "Traceback" not in res.stderr
+    recs = json.loads((tmp_path / "d" / "detections.json").read_text())
+    assert recs and {"file_name", "category", "bbox", "score"} <= set(recs[0])
+    assert all(r["file_name"].endswith("b01.png") for r in recs)
+    assert (tmp_path / "d" / "overlays" / "b01.png").is_file()
+
+
+def test_cli_bad_inputs(blob_set, tmp_path, trained):
+    res = fetalkit("eval", "detector", "--data", blob_set, "--model",
+                   "src/fetalkit/models/head-unet-mnv2.onnx", "--out", tmp_path / "e")
+    assert res.returncode == 1 and "head-seg model, but this command needs a detector" in res.stderr
+    assert not (tmp_path / "e").exists()
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "classes.txt").write_text("ps\n")
+    res = fetalkit("train", "detector", "--data", empty, "--out", tmp_path / "r")
+    assert res.returncode == 1 and "no images found" in res.stderr
+    res = fetalkit("data", "boxes", blob_set, "--out", blob_set)
+    assert res.returncode == 1 and "already exists" in res.stderr
+    res = fetalkit("train", "detector", "--data", blob_set, "--out", tmp_path / "r2", "--arch", "yolo")
+    assert res.returncode == 1 and "unknown detector architecture 'yolo'" in res.stderr
+
+
+class _ConstantYolo(torch.nn.Module):
+    """Outputs fixed raw predictions whatever the image: a stand-in for a YOLO ONNX export."""
+
+    def __init__(self, raw):
+        super().__init__()
+        self.register_buffer("raw", torch.tensor(raw, dtype=torch.float32)[None])
+
+    def forward(self, images):
+        return self.raw + images.mean() * 0
+
+
+@pytest.mark.parametrize("layout", ["yolov8", "yolov5"])
+def test_yolo_onnx_plugin_layouts(tmp_path, layout):
+    import onnx
+    from fetalkit.runtime.detector import OnnxDetector
+    # one candidate at (cx, cy, w, h) = (320, 320, 100, 50) in the 640 px letterboxed input, class 1
+    if layout == "yolov8":
+        raw = np.zeros((4 + 2, 20))  # real exports hold thousands of candidates: more columns than rows
+        raw[:, 0] = [320, 320, 100, 50, 0.05, 0.9]
+        raw[:, 1] = [100, 100, 20, 20, 0.1, 0.05]
+    else:
+        raw = np.zeros((20, 5 + 2))
+        raw[0] = [320, 320, 100, 50, 0.5, 0.1, 0.8]
+    path = tmp_path / f"{layout}.onnx"
+    torch.onnx.export(_ConstantYolo(raw), (torch.zeros(1, 3, 640, 640),), str(path), input_names=["images"],
+                      output_names=["output0"], opset_version=17, dynamo=False)
+    m = onnx.load(str(path))
+    m.metadata_props.add(key="names", value="{0: 'pubic_symphysis', 1: 'fetal_head'}")
+    onnx.save(m, str(path))
+    det = OnnxDetector(path)
+    assert det.spec.layout == layout and det.classes == ["pubic_symphysis", "fetal_head"]
+    d = det.detect(np.full((480, 640), 50, np.uint8), conf=0.3, iou=0.5)  # letterbox: 80 px bands above/below
+    assert d.labels.tolist() == [1]
+    np.testing.assert_allclose(d.boxes_xyxy[0], [270, 215, 370, 265], atol=1e-3)
+    assert d.scores[0] == pytest.approx(0.9 if layout == "yolov8" else 0.4, abs=1e-6)
+    m.ClearField("metadata_props")
+    onnx.save(m, str(path))
+    from fetalkit.errors import ModelError
+    with pytest.raises(ModelError, match="without class names"):
+        OnnxDetector(path)
+    assert OnnxDetector(path, class_names=["a", "b"]).classes == ["a", "b"]
