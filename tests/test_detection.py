@@ -10,7 +10,8 @@ import pytest
 from fetalkit.detection.boxes import DetSample, DetSet, box_iou, boxes_from_label_map, square_boxes
 from fetalkit.detection.formats import read_coco, read_cvat, read_detection_set, read_yolo, write_detection_set
 from fetalkit.errors import DataError
-from fetalkit.evaluation.detection import ImageDetections, coco_ap, label_metrics, sweep_operating_points
+from fetalkit.evaluation.detection import coco_ap, label_metrics, sweep_operating_points
+from fetalkit.types import ImageDetections
 from fetalkit.io.images import write_image
 from fetalkit.runtime.detector import letterbox, nms_per_class
 

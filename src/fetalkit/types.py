@@ -62,3 +62,20 @@ class HeadSample:
     ellipse: Ellipse
     pixel_mm: float
     hc_mm: Optional[float]
+
+
+@dataclass
+class ImageDetections:
+    """A detector's output for one image: boxes (x1, y1, x2, y2 in image pixels), scores, class indices."""
+
+    boxes_xyxy: np.ndarray   # N x 4 float32
+    scores: np.ndarray       # N float32
+    labels: np.ndarray       # N int64, index into the model's (or set's) categories
+
+    def above(self, conf: float) -> "ImageDetections":
+        keep = self.scores >= conf
+        return ImageDetections(self.boxes_xyxy[keep], self.scores[keep], self.labels[keep])
+
+    @staticmethod
+    def empty() -> "ImageDetections":
+        return ImageDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))

@@ -12,26 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
 
 import numpy as np
 
 from fetalkit.detection.boxes import DetSet, box_iou
-from fetalkit.errors import DataError
 from fetalkit.detection.formats import coco_dict
+from fetalkit.errors import DataError
+from fetalkit.types import ImageDetections
 
 MATCH_IOU = 0.5
-
-
-@dataclass
-class ImageDetections:
-    boxes_xyxy: np.ndarray   # N x 4, image pixels
-    scores: np.ndarray       # N
-    labels: np.ndarray       # N, index into the set's categories
-
-    def above(self, conf: float) -> "ImageDetections":
-        keep = self.scores >= conf
-        return ImageDetections(self.boxes_xyxy[keep], self.scores[keep], self.labels[keep])
 
 
 def coco_results(dets: list[ImageDetections]) -> list[dict]:

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from fetalkit.errors import InputError, ModelError
-from fetalkit.evaluation.detection import ImageDetections
+from fetalkit.types import ImageDetections
 from fetalkit.runtime.card import card_path_for, read_card
 
 LAYOUTS = ("dense", "yolov8", "yolov5")
@@ -62,7 +62,7 @@ def nms_per_class(boxes_xyxy: np.ndarray, scores: np.ndarray, conf: float, iou: 
     per-class NMS at ``iou`` (a candidate may yield one detection per class, as in COCO practice)."""
     keep_a, keep_c = np.nonzero(scores >= conf)
     if not len(keep_a):
-        return ImageDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        return ImageDetections.empty()
     b, s, c = boxes_xyxy[keep_a], scores[keep_a, keep_c], keep_c
     xywh = np.column_stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]]).astype(np.float32)
     idx = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), s.astype(float).tolist(), c.astype(np.int32).tolist(),

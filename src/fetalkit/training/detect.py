@@ -22,7 +22,8 @@ import torch
 
 from fetalkit.detection.boxes import DetSet
 from fetalkit.errors import DataError
-from fetalkit.evaluation.detection import ImageDetections, coco_ap
+from fetalkit.evaluation.detection import coco_ap
+from fetalkit.types import ImageDetections
 from fetalkit.io.images import read_gray
 from fetalkit.runtime.detector import letterbox
 from fetalkit.training.detectors import backbone_parameters, build_detector
