@@ -1,0 +1,72 @@
+"""Hold rules on scripted detection sequences (exact masks per frame) and SSIM agreement with scikit-image."""
+
+import numpy as np
+import pytest
+
+from fetalkit.masking.hold import HoldRule, downscale_gray, ssim
+from fetalkit.types import ImageDetections
+
+BOX = [10.0, 20.0, 40.0, 50.0]
+
+
+def dets(*rows):
+    """rows: (class, x1, y1, x2, y2)."""
+    if not rows:
+        return ImageDetections.empty()
+    a = np.asarray(rows, np.float32)
+    return ImageDetections(a[:, 1:], np.full(len(a), 0.9, np.float32), a[:, 0].astype(np.int64))
+
+
+def run(rule, frames, seq):
+    return [rule.update(f, d) for f, d in zip(frames, seq)]
+
+
+def still_frames(n, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (120, 160), dtype=np.uint8)
+    return [base.copy() for _ in range(n)]
+
+
+def test_none_masks_only_detections():
+    steps = run(HoldRule("none"), still_frames(3), [dets((0, *BOX)), dets(), dets((0, *BOX))])
+    assert [len(s.masks.labels) for s in steps] == [1, 0, 1] and not any(s.held for s in steps)
+
+
+def test_bboxhold_keeps_last_box_for_n_frames_per_class():
+    seq = [dets((0, *BOX), (1, 0, 0, 5, 5)), dets((1, 0, 0, 5, 5)), dets(), dets(), dets(), dets((0, 1, 1, 9, 9))]
+    steps = run(HoldRule("frames", hold_frames=2), still_frames(len(seq)), seq)
+    # class 0: detected in 0, held in 1 and 2 (ages 1, 2), gone in 3 and 4, detected again in 5
+    # class 1: detected in 0 and 1, held in 2 and 3, gone in 4
+    expect = [{0, 1}, {0, 1}, {0, 1}, {1}, set(), {0}]
+    assert [set(s.masks.labels.tolist()) for s in steps] == expect
+    assert steps[1].held == [{"box": [10.0, 20.0, 30.0, 30.0], "class": 0, "rule": "BBoxHold", "age": 1}]
+    assert [h["age"] for h in steps[2].held if h["class"] == 0] == [2]
+    np.testing.assert_array_equal(steps[5].masks.boxes_xyxy, [[1, 1, 9, 9]])  # the new box, not the old
+
+
+def test_bboxholdsim_holds_while_the_view_is_unchanged():
+    frames = still_frames(4) + still_frames(3, seed=1)  # a cut to another view at frame 4
+    seq = [dets((0, *BOX))] + [dets()] * 6
+    steps = run(HoldRule("ssim", ssim_threshold=0.6), frames, seq)
+    assert [len(s.masks.labels) for s in steps] == [1, 1, 1, 1, 0, 0, 0]
+    assert steps[1].ssim[0] == pytest.approx(1.0) and steps[4].ssim[0] < 0.6
+    assert steps[2].held[0]["rule"] == "BBoxHoldSim"
+    capped = run(HoldRule("ssim", ssim_threshold=0.6, max_hold_frames=2), still_frames(4), seq[:4])
+    assert [len(s.masks.labels) for s in capped] == [1, 1, 1, 0]
+
+
+def test_bad_rule_arguments():
+    with pytest.raises(ValueError, match="unknown hold rule"):
+        HoldRule("sometimes")
+    with pytest.raises(ValueError):
+        HoldRule("frames", hold_frames=-1)
+
+
+def test_ssim_agrees_with_scikit_image():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 255, (200, 300), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.normal(0, 25, a.shape), 0, 255).astype(np.uint8)
+    for x, y in ((a, b), (downscale_gray(a), downscale_gray(b)), (a, a)):
+        ref = skm.structural_similarity(x.astype(np.float64), y.astype(np.float64), data_range=255.0)
+        assert ssim(x, y) == pytest.approx(ref, abs=1e-6)
