@@ -410,6 +410,60 @@ def detect_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or fold
     _finish(rows, quiet, f"detections in {out_dir / 'detections.json'}")
 
 
+@app.command("mask")
+def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, video (mp4/avi), multi-frame DICOM, or camera index / stream URL."),
+             output: Path = typer.Option(..., "-o", "--output", help="Output in the matching form: image, folder, video file (.avi MJPG / .mp4), .dcm."),
+             model: str = typer.Option(None, "--model", help="Detector: bundled name or .onnx (default: the bundled PSFHS detector; YOLO ONNX accepted)."),
+             classes: str = typer.Option(None, "--classes", help="Comma-separated classes to hide (default: all classes of the model)."),
+             hold: str = typer.Option("ssim", "--hold", help="Temporal rule: none, frames (BBoxHold) or ssim (BBoxHoldSim)."),
+             hold_frames: int = typer.Option(10, "--hold-frames", min=0, help="BBoxHold: frames to keep a box after the detector loses it."),
+             ssim_threshold: float = typer.Option(0.6, "--ssim-threshold", help="BBoxHoldSim: hold while SSIM to the last detected frame >= T."),
+             max_hold_frames: int = typer.Option(150, help="BBoxHoldSim: longest hold in frames."),
+             style: str = typer.Option("fill", "--style", help="fill, blur or pixelate."),
+             margin: float = typer.Option(0.1, "--margin", help="Grow masks by this many px (>= 1) or this fraction of the box's longer side (< 1)."),
+             min_size: float = typer.Option(0.0, "--min-size", help="Smallest mask side in px."),
+             fail_safe: str = typer.Option("sector", "--fail-safe", help="When detection fails on a frame: blank the imaging sector, or the whole frame."),
+             conf: float = typer.Option(None, help="Confidence threshold (default: the model's operating point)."),
+             iou: float = typer.Option(None, help="NMS IoU (default: the model's operating point)."),
+             log: Path = typer.Option(None, "--log", help="Write one JSON line per frame (masks, detections, held, ssim, ms)."),
+             threads: int = typer.Option(2, help="onnxruntime threads."),
+             class_names: str = typer.Option(None, help="Class names of a YOLO ONNX without metadata, comma-separated."),
+             quiet: bool = typer.Option(False, "--quiet")):
+    """Hide regions of interest in every frame (detector + hold rule + fail-safe), streamed in real time."""
+    from rich.progress import Progress
+    from fetalkit.io.video import open_source
+    from fetalkit.masking.hold import RULES
+    from fetalkit.masking.pipeline import MaskConfig, Masker, run_stream
+    from fetalkit.masking.render import STYLES
+    from fetalkit.runtime.detector import OnnxDetector
+    from fetalkit.runtime.registry import resolve_model
+    if hold not in RULES:
+        fail(f"--hold must be one of {', '.join(RULES)}, got {hold!r}")
+    if style not in STYLES:
+        fail(f"--style must be one of {', '.join(STYLES)}, got {style!r}")
+    if fail_safe not in ("sector", "frame"):
+        fail(f"--fail-safe must be sector or frame, got {fail_safe!r}")
+    src = open_source(source)
+    det = OnnxDetector(resolve_model(model, "detector"), threads=threads,
+                       class_names=class_names.split(",") if class_names else None)
+    cfg = MaskConfig(classes=classes.split(",") if classes else None, rule=hold, hold_frames=hold_frames,
+                     ssim_threshold=ssim_threshold, max_hold_frames=max_hold_frames, style=style, margin=margin,
+                     min_size_px=min_size, fail_safe=fail_safe, conf=conf, iou=iou)
+    masker = Masker(det, cfg)
+    with Progress(console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task("masking", total=src.count)
+        report = run_stream(src, output, masker, log, progress=lambda n: bar.update(task, completed=n))
+    if report.error:
+        fail(f"{source}: stopped at frame {report.failed_frame} ({report.error}); "
+             f"the {report.frames} frames before it are in {output}")
+    if not quiet:
+        import numpy as np
+        lat = np.percentile(report.latency_ms, [50, 99]) if report.latency_ms else [0, 0]
+        out.print(f"{report.frames} frames masked in {report.seconds:.2f} s ({report.fps:.1f} frames/s; latency p50 "
+                  f"{lat[0]:.1f} ms, p99 {lat[1]:.1f} ms); rule {masker.rule.name}; wrote {output}"
+                  + (f"; log {log}" if log else ""))
+
+
 @biometry_app.command("head")
 def biometry_head_cmd(
     inputs: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),

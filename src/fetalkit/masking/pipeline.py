@@ -1,0 +1,238 @@
+"""The masking pipeline: per frame detect -> hold rule -> grow -> render -> write, streamed.
+
+Three stages run at once, joined by bounded queues (memory stays flat over any
+length of video): a reader thread decodes, the calling thread detects and applies
+the hold rule (onnxruntime releases the GIL), and a writer thread renders and
+encodes.  Frames keep their order and none is dropped: a queue blocks instead.
+
+Fail-safe: if the detector fails on a frame (an exception, or no result), that frame
+is written with the imaging sector (or the whole frame) blanked and the log says so;
+a fault never shows an unmasked frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from fetalkit.errors import FetalkitError, InputError
+from fetalkit.io.video import FrameSource, open_sink, to_gray
+from fetalkit.masking.hold import HoldRule
+from fetalkit.masking.render import blank_frame, grow_boxes, render_masks
+from fetalkit.types import ImageDetections
+
+QUEUE_FRAMES = 8
+_END = object()
+
+
+@dataclass
+class MaskConfig:
+    """Options of ``fetalkit mask`` (defaults documented in the README)."""
+
+    classes: Optional[list[str]] = None     # None: every class of the model
+    rule: str = "ssim"                      # none | frames | ssim
+    hold_frames: int = 10
+    ssim_threshold: float = 0.6
+    max_hold_frames: int = 150
+    style: str = "fill"
+    margin: float = 0.1                     # px if >= 1, else a fraction of the box's longer side
+    min_size_px: float = 0.0
+    fail_safe: str = "sector"               # sector | frame: what to blank when detection fails
+    conf: Optional[float] = None            # None: the model's operating point
+    iou: Optional[float] = None
+
+
+@dataclass
+class FrameResult:
+    index: int
+    frame: np.ndarray          # what is written
+    record: dict               # the JSON log line
+
+
+@dataclass
+class Masker:
+    """The per-frame logic, free of threads and files (tests drive it frame by frame)."""
+
+    detector: object
+    cfg: MaskConfig
+    sector_mask: Optional[np.ndarray] = None
+    rule: HoldRule = field(init=False)
+    keep: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.rule = HoldRule(self.cfg.rule, self.cfg.hold_frames, self.cfg.ssim_threshold, self.cfg.max_hold_frames)
+        names = self.detector.classes
+        wanted = self.cfg.classes or names
+        unknown = [c for c in wanted if c not in names]
+        if unknown:
+            raise InputError(f"--classes {', '.join(unknown)}: not classes of the model ({', '.join(names)})")
+        self.keep = np.array([c in wanted for c in names])
+
+    def _sector(self, gray: np.ndarray) -> Optional[np.ndarray]:
+        """The imaging sector to blank on a fault (found once, on the first faulty frame)."""
+        if self.sector_mask is None:
+            from fetalkit.preprocess.sector import detect_sector
+            try:
+                self.sector_mask = detect_sector(gray).mask
+            except FetalkitError:
+                return None  # no sector found: blank the whole frame
+        return self.sector_mask if self.sector_mask.shape == gray.shape else None
+
+    def detect(self, gray: np.ndarray) -> ImageDetections:
+        d = self.detector.detect(gray, self.cfg.conf, self.cfg.iou)
+        m = self.keep[d.labels] if len(d.labels) else np.zeros(0, bool)
+        return ImageDetections(d.boxes_xyxy[m], d.scores[m], d.labels[m])
+
+    def step(self, index: int, frame: np.ndarray) -> FrameResult:
+        """Detect + hold on one frame; returns the rendered frame and its log record."""
+        t0 = time.perf_counter()
+        gray = to_gray(frame)
+        try:
+            dets = self.detect(gray)
+            error = None
+        except Exception as e:  # any inference fault -> the fail-safe frame, never an unmasked one
+            dets, error = None, f"{type(e).__name__}: {e}"
+        t1 = time.perf_counter()
+        names = self.detector.classes
+        if dets is None:
+            self.rule.reset()
+            out = blank_frame(frame, self._sector(gray) if self.cfg.fail_safe == "sector" else None)
+            record = {"frame": index, "masks": [], "detections": [], "held": [], "fail_safe": True,
+                      "error": error, "ms": {"detect": round((t1 - t0) * 1000, 2)}}
+            return FrameResult(index, out, record)
+        step = self.rule.update(gray, dets)
+        t2 = time.perf_counter()
+        boxes = grow_boxes(step.masks.boxes_xyxy, gray.shape, self.cfg.margin, self.cfg.min_size_px)
+        out = render_masks(frame, boxes, self.cfg.style)
+        t3 = time.perf_counter()
+        record = {
+            "frame": index,
+            "masks": [[int(x1), int(y1), int(x2 - x1), int(y2 - y1)] for x1, y1, x2, y2 in boxes],
+            "detections": [{"class": names[int(k)], "score": round(float(s), 4),
+                            "box": [round(float(b[0]), 1), round(float(b[1]), 1), round(float(b[2] - b[0]), 1),
+                                    round(float(b[3] - b[1]), 1)]}
+                           for b, s, k in zip(dets.boxes_xyxy, dets.scores, dets.labels)],
+            "held": [{**h, "class": names[h["class"]]} for h in step.held],
+            "ms": {"detect": round((t1 - t0) * 1000, 2), "hold": round((t2 - t1) * 1000, 2),
+                   "render": round((t3 - t2) * 1000, 2)},
+        }
+        if step.ssim:
+            record["ssim"] = {names[k]: round(v, 4) for k, v in step.ssim.items()}
+        return FrameResult(index, out, record)
+
+
+@dataclass
+class StreamReport:
+    frames: int
+    seconds: float
+    failed_frame: Optional[int] = None
+    error: Optional[str] = None
+    latency_ms: list = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Optional[Path] = None,
+               progress: Optional[Callable[[int], None]] = None) -> StreamReport:
+    """Mask every frame of ``source`` into ``output`` with the three overlapped stages.
+
+    A frame that cannot be read or written stops the stream cleanly: every frame
+    already written stays valid and the report names the failing frame.
+    """
+    sink = open_sink(output, source, _first_is_color(source))
+    q_in: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    q_out: queue.Queue = queue.Queue(QUEUE_FRAMES)
+    stop = threading.Event()
+    errors: dict = {}
+    arrival: dict[int, float] = {}
+    latencies: list[float] = []
+    log = open(log_path, "w") if log_path else None
+
+    def reader():
+        n_read = 0
+        try:
+            for i, frame in source:
+                arrival[i] = time.perf_counter()
+                n_read += 1
+                while not stop.is_set():
+                    try:
+                        q_in.put((i, frame), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            if source.kind == "video" and source.count and n_read < source.count:
+                errors["read"] = (n_read, f"the video ends after {n_read} of the {source.count} frames its "
+                                          "header announces (truncated file?)")
+        except FetalkitError as e:
+            errors["read"] = (len(arrival), str(e))
+        except Exception as e:  # a decoder fault mid-stream
+            errors["read"] = (len(arrival), f"{type(e).__name__}: {e}")
+        finally:
+            q_in.put(_END)
+
+    def writer():
+        try:
+            while True:
+                item = q_out.get()
+                if item is _END:
+                    return
+                sink.write(item.frame)
+                latencies.append((time.perf_counter() - arrival.pop(item.index)) * 1000)
+                if log:
+                    log.write(json.dumps(item.record) + "\n")
+                if progress:
+                    progress(item.index + 1)
+        except Exception as e:
+            errors["write"] = (item.index, f"{type(e).__name__}: {e}")
+            stop.set()
+            while q_out.get() is not _END:  # drain so the producer never blocks
+                pass
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
+    for t in threads:
+        t.start()
+    n = 0
+    while True:
+        item = q_in.get()
+        if item is _END:
+            break
+        if stop.is_set():
+            continue
+        q_out.put(masker.step(*item))
+        n += 1
+    q_out.put(_END)
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    if log:
+        log.close()
+    failed = errors.get("read") or errors.get("write")
+    sink.close()  # after a failure too: the frames written before it stay a valid output
+    report = StreamReport(len(latencies), seconds, latency_ms=latencies)
+    if failed:
+        report.failed_frame, report.error = failed
+    return report
+
+
+def _first_is_color(source: FrameSource) -> bool:
+    """Peek at the first frame (re-inserted) to choose a colour or gray output."""
+    it = iter(source._frames)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise InputError(f"{source.path}: the input holds no frames") from None
+    source._frames = itertools.chain([first], it)
+    return first.ndim == 3

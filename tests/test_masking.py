@@ -1,0 +1,124 @@
+"""The masking pipeline: scripted detector, generated videos; fail-safe, log, frame count / fps, bad inputs."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from fetalkit.io.video import open_source
+from fetalkit.masking.pipeline import MaskConfig, Masker, run_stream
+from fetalkit.types import ImageDetections
+
+
+def fetalkit(*args):
+    return subprocess.run([sys.executable, "-m", "fetalkit.cli", *map(str, args)], capture_output=True, text=True)
+
+
+class ScriptedDetector:
+    """Finds a box on frames listed in ``hits``; raises on frames listed in ``faults``."""
+
+    classes = ["pubic_symphysis", "fetal_head"]
+
+    def __init__(self, hits=(), faults=(), box=(20, 30, 50, 60)):
+        self.hits, self.faults, self.box, self.n = set(hits), set(faults), box, 0
+
+    def detect(self, gray, conf=None, iou=None):
+        i, self.n = self.n, self.n + 1
+        if i in self.faults:
+            raise RuntimeError("inference failed")
+        if i in self.hits:
+            return ImageDetections(np.array([self.box], np.float32), np.array([0.9], np.float32), np.array([0]))
+        return ImageDetections.empty()
+
+
+def make_video(path, n=12, fps=10.0, size=(96, 128)):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size[1], size[0]), isColor=False)
+    rng = np.random.default_rng(0)
+    base = rng.integers(40, 200, size, dtype=np.uint8)
+    for _ in range(n):
+        w.write(base)
+    w.release()
+    return path
+
+
+def test_masker_hold_and_fail_safe_frames():
+    det = ScriptedDetector(hits={0, 3}, faults={2})
+    m = Masker(det, MaskConfig(rule="frames", hold_frames=1, margin=0, fail_safe="frame"))
+    frame = np.full((100, 100), 150, np.uint8)
+    steps = [m.step(i, frame) for i in range(5)]
+    assert steps[0].record["masks"] == [[20, 30, 30, 30]] and (steps[0].frame[30:60, 20:50] == 0).all()
+    assert steps[1].record["held"][0]["rule"] == "BBoxHold" and steps[1].record["masks"] == [[20, 30, 30, 30]]
+    assert steps[2].record["fail_safe"] and "inference failed" in steps[2].record["error"]
+    assert (steps[2].frame == 0).all()                                  # a fault never shows the frame
+    assert steps[3].record["masks"] and steps[4].record["held"]         # detection resumes, hold again
+    assert (frame == 150).all()                                         # input untouched
+
+
+def test_masker_filters_classes():
+    with pytest.raises(Exception, match="not classes of the model"):
+        Masker(ScriptedDetector(), MaskConfig(classes=["genital"]))
+    m = Masker(ScriptedDetector(hits={0}), MaskConfig(classes=["fetal_head"], rule="none"))
+    assert m.step(0, np.zeros((80, 80), np.uint8)).record["masks"] == []
+
+
+def test_stream_keeps_frame_count_fps_size_and_writes_log(tmp_path):
+    src = make_video(tmp_path / "in.avi")
+    det = ScriptedDetector(hits=set(range(0, 12, 3)))
+    report = run_stream(open_source(str(src)), tmp_path / "out.avi", Masker(det, MaskConfig(rule="frames")),
+                        tmp_path / "log.jsonl")
+    assert report.frames == 12 and report.error is None
+    cap = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0)
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (128, 96)
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in lines] == list(range(12))               # in order, none dropped
+    assert {"frame", "masks", "detections", "held", "ms"} <= set(lines[0])
+    assert all(r["masks"] for r in lines)                               # hits every 3rd frame, hold 10
+
+
+def test_folder_in_folder_out_keeps_names(tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / "in" / name), np.full((40, 50), 99, np.uint8))
+    run_stream(open_source(str(tmp_path / "in")), tmp_path / "out", Masker(ScriptedDetector(hits={1}), MaskConfig()))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+
+
+def test_mask_cli_bad_inputs(tmp_path):
+    bad = tmp_path / "broken.avi"
+    bad.write_bytes(b"RIFF0000AVI garbage")
+    res = fetalkit("mask", bad, "-o", tmp_path / "o.avi")
+    assert res.returncode == 1 and "broken.avi" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o.avi").exists()
+    (tmp_path / "empty").mkdir()
+    res = fetalkit("mask", tmp_path / "empty", "-o", tmp_path / "o2")
+    assert res.returncode == 1 and "no image frames" in res.stderr
+    res = fetalkit("mask", make_video(tmp_path / "v.avi"), "-o", tmp_path / "o.avi", "--model",
+                   "src/fetalkit/models/head-unet-mnv2.onnx")
+    assert res.returncode == 1 and "needs a detector" in res.stderr
+
+
+def test_unwritable_output_is_refused_before_any_frame(tmp_path):
+    from fetalkit.errors import InputError
+    from fetalkit.io.video import open_sink
+    src = open_source(str(make_video(tmp_path / "v.avi")))
+    (tmp_path / "a_file").write_text("x")  # a file where the output folder should be
+    for target in (tmp_path / "a_file" / "o.avi", tmp_path / "a_file" / "frames"):
+        with pytest.raises(InputError, match="cannot write here"):
+            open_sink(target, src, False)
+
+
+def test_truncated_video_stops_cleanly_and_names_the_frame(tmp_path):
+    src = make_video(tmp_path / "v.avi", n=30)
+    data = src.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # header still announces 30 frames
+    res = fetalkit("mask", cut, "-o", tmp_path / "o.avi", "--model", "none.onnx")
+    assert res.returncode == 1 and "none.onnx" in res.stderr  # the model is checked before any output
+    report = run_stream(open_source(str(cut)), tmp_path / "o.avi", Masker(ScriptedDetector(), MaskConfig()))
+    assert report.error and "of the 30 frames" in report.error and 0 < report.failed_frame < 30
+    cap = cv2.VideoCapture(str(tmp_path / "o.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == report.failed_frame  # the frames before it, valid
