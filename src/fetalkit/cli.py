@@ -29,6 +29,8 @@ app.add_typer(export_app, name="export")
 app.add_typer(biometry_app, name="biometry")
 data_app = typer.Typer(help="Dataset tools: detection boxes, duplicates.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(help="Benchmarks on your data: masking on video.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 console = Console(stderr=True)
 out = Console()
@@ -462,6 +464,76 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
         out.print(f"{report.frames} frames masked in {report.seconds:.2f} s ({report.fps:.1f} frames/s; latency p50 "
                   f"{lat[0]:.1f} ms, p99 {lat[1]:.1f} ms); rule {masker.rule.name}; wrote {output}"
                   + (f"; log {log}" if log else ""))
+
+
+@bench_app.command("video")
+def bench_video_cmd(
+    data: Path = typer.Option(..., "--data", help="Detection label set (COCO / YOLO) with images, e.g. from 'fetalkit data boxes'."),
+    model: str = typer.Option(None, "--model", help="Detector (default: the bundled PSFHS detector)."),
+    category: str = typer.Option("pubic_symphysis", help="The class to hide (its box is the target)."),
+    split: str = typer.Option("test", help="Images from this part of the group split (held out from training)."),
+    seed: int = typer.Option(0, help="Split seed; also seeds the simulated motion."),
+    sequences: int = typer.Option(40, min=1, help="Number of sequences (one per held-out image)."),
+    frames: int = typer.Option(60, min=10, help="Frames per sequence."),
+    margin: float = typer.Option(0.1, help="Mask margin, as in 'fetalkit mask'."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for rules.csv, rules.json and tradeoff.png."),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """False-negative and false-masked frame rates of the hold rules on simulated scan sequences."""
+    _check_split(split)
+    from rich.progress import Progress
+    from fetalkit.datasets.splits import select_split
+    from fetalkit.detection.formats import read_detection_set
+    from fetalkit.evaluation.video import build_sequences, evaluate_rules, plot_tradeoff, rule_grid
+    from fetalkit.io.images import atomic_write_bytes
+    from fetalkit.io.jobs import write_csv_rows
+    from fetalkit.runtime.detector import OnnxDetector
+    from fetalkit.runtime.registry import resolve_model
+    from fetalkit.types import ImageDetections
+    ds = read_detection_set(data)
+    if split != "all":
+        ds = ds.subset(select_split(ds.groups(), split, seed))
+    det = OnnxDetector(resolve_model(model, "detector"))
+    if category not in det.classes:
+        fail(f"--category {category}: not a class of {det.path.name} ({', '.join(det.classes)})")
+    k = det.classes.index(category)
+    with Progress(console=console, transient=True, disable=json_out) as bar:
+        t1 = bar.add_task("building sequences", total=None)
+        seqs = build_sequences(ds, category, sequences, frames, seed, lambda i, n: bar.update(t1, completed=i, total=n))
+        t2 = bar.add_task("detecting", total=sum(len(s.frames) for s in seqs))
+        dets, done = [], 0
+        for s in seqs:
+            per = []
+            for f in s.frames:
+                d = det.detect(f)
+                m = d.labels == k
+                per.append(ImageDetections(d.boxes_xyxy[m], d.scores[m], d.labels[m]))
+                done += 1
+            bar.update(t2, completed=done)
+            dets.append(per)
+        rows = evaluate_rules(seqs, dets, rule_grid(), margin)
+    columns = ["rule", "hold_frames", "ssim_threshold", "fn_rate", "fn_reduction", "false_masked_rate",
+               "false_masked_increase_pp", "mean_masked_area", "target_frames", "empty_frames"]
+    write_csv_rows(out_dir / "rules.csv", rows, columns)
+    atomic_write_bytes(out_dir / "rules.json", json.dumps(rows, indent=1).encode())
+    try:
+        plot_tradeoff(rows, out_dir / "tradeoff.png")
+    except ModuleNotFoundError:
+        console.print("no plot: it needs matplotlib (pip install 'fetalkit[train]')")
+    if json_out:
+        out.print_json(json.dumps(rows))
+        return
+    from rich.table import Table
+    table = Table(title=f"{len(seqs)} sequences x {frames} frames, {category}, {det.path.name}")
+    for col in ("rule", "setting", "FN frames", "FN removed", "false-masked", "+pp", "masked area"):
+        table.add_column(col)
+    for r in rows:
+        setting = str(r.get("hold_frames", r.get("ssim_threshold", "")))
+        table.add_row(r["rule"], setting, f"{100 * r['fn_rate']:.2f} %", f"{100 * r['fn_reduction']:.1f} %",
+                      f"{100 * r['false_masked_rate']:.2f} %", f"{r['false_masked_increase_pp']:+.2f}",
+                      f"{100 * r['mean_masked_area']:.2f} %")
+    out.print(table)
+    out.print(f"wrote {out_dir / 'rules.csv'} and {out_dir / 'tradeoff.png'}")
 
 
 @biometry_app.command("head")

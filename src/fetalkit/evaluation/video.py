@@ -1,0 +1,137 @@
+"""Masking on video, frame by frame: false-negative frames, false-masked frames, masked area.
+
+* A target frame is a **false negative** when its ground-truth box is not at least
+  ``COVER_FRACTION`` covered by the union of the rendered masks (margin included).
+* A frame without the target is **false-masked** when any mask is rendered on it.
+
+Detections are computed once per sequence; each hold rule setting then replays them,
+so a grid of rules costs one detector pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fetalkit.masking.hold import HoldRule
+from fetalkit.masking.render import grow_boxes
+from fetalkit.synth.sequences import Sequence
+from fetalkit.types import ImageDetections
+
+COVER_FRACTION = 0.9
+
+
+def covered_fraction(box_xyxy: np.ndarray, masks_xyxy: np.ndarray) -> float:
+    """Fraction of the (whole-pixel) box area inside the union of the masks."""
+    x1, y1, x2, y2 = np.floor(box_xyxy[:2]).astype(int).tolist() + np.ceil(box_xyxy[2:]).astype(int).tolist()
+    if x2 <= x1 or y2 <= y1:
+        return 1.0
+    grid = np.zeros((y2 - y1, x2 - x1), bool)
+    for mx1, my1, mx2, my2 in np.asarray(masks_xyxy, np.float64).reshape(-1, 4):
+        a, b = int(max(mx1, x1)) - x1, int(max(my1, y1)) - y1
+        c, d = int(min(mx2, x2)) - x1, int(min(my2, y2)) - y1
+        if c > a and d > b:
+            grid[b:d, a:c] = True
+    return float(grid.mean())
+
+
+def replay(seq: Sequence, dets: list[ImageDetections], rule: HoldRule, margin: float = 0.0) -> dict:
+    """Run one hold rule over a sequence's cached detections; per-frame outcome counts."""
+    rule.reset()
+    fn = fm = targets = empties = 0
+    area = 0.0
+    for frame, d, gt in zip(seq.frames, dets, seq.target_boxes):
+        masks = grow_boxes(rule.update(frame, d).masks.boxes_xyxy, frame.shape, margin)
+        if len(masks):
+            area += float(((masks[:, 2] - masks[:, 0]) * (masks[:, 3] - masks[:, 1])).sum()) / frame.size
+        if gt is None:
+            empties += 1
+            fm += int(len(masks) > 0)
+        else:
+            targets += 1
+            fn += int(covered_fraction(gt, masks) < COVER_FRACTION)
+    return {"fn": fn, "targets": targets, "false_masked": fm, "empties": empties, "area": area,
+            "frames": len(seq.frames)}
+
+
+def summarise(counts: list[dict]) -> dict:
+    t = {k: sum(c[k] for c in counts) for k in counts[0]}
+    return {"fn_rate": t["fn"] / max(t["targets"], 1), "false_masked_rate": t["false_masked"] / max(t["empties"], 1),
+            "mean_masked_area": t["area"] / max(t["frames"], 1), "target_frames": t["targets"],
+            "empty_frames": t["empties"]}
+
+
+def rule_grid(hold_frames=(2, 5, 10, 20), ssim_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8)) -> list[dict]:
+    """The settings the benchmark compares: the bare detector, BBoxHold(N), BBoxHoldSim(T)."""
+    grid = [{"rule": "none"}]
+    grid += [{"rule": "frames", "hold_frames": n} for n in hold_frames]
+    grid += [{"rule": "ssim", "ssim_threshold": t} for t in ssim_thresholds]
+    return grid
+
+
+def evaluate_rules(seqs: list[Sequence], dets: list[list[ImageDetections]], grid: list[dict],
+                   margin: float = 0.0) -> list[dict]:
+    """FN rate, its reduction against the bare detector, false-masked rate and area per setting."""
+    rows = []
+    for setting in grid:
+        counts = [replay(s, d, HoldRule(**setting), margin) for s, d in zip(seqs, dets)]
+        rows.append({**setting, **summarise(counts)})
+    base = next(r for r in rows if r["rule"] == "none")
+    for r in rows:
+        r["fn_reduction"] = 1.0 - r["fn_rate"] / base["fn_rate"] if base["fn_rate"] else 0.0
+        r["false_masked_increase_pp"] = 100.0 * (r["false_masked_rate"] - base["false_masked_rate"])
+    return rows
+
+
+def plot_tradeoff(rows: list[dict], png_path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for rule, marker, label in (("frames", "o", "BBoxHold (N frames)"), ("ssim", "s", "BBoxHoldSim (SSIM T)")):
+        rs = [r for r in rows if r["rule"] == rule]
+        ax.plot([100 * r["false_masked_rate"] for r in rs], [100 * r["fn_reduction"] for r in rs], marker=marker,
+                label=label)
+        for r in rs:
+            ax.annotate(str(r.get("hold_frames", r.get("ssim_threshold"))),
+                        (100 * r["false_masked_rate"], 100 * r["fn_reduction"]), fontsize=7)
+    base = next(r for r in rows if r["rule"] == "none")
+    ax.scatter([100 * base["false_masked_rate"]], [0], color="k", label="detector alone")
+    ax.set_xlabel("false-masked frames (% of frames without the target)")
+    ax.set_ylabel("false-negative frames removed (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def build_sequences(ds, category: str, n_sequences: int, n_frames: int, seed: int = 0,
+                    progress=None) -> list[Sequence]:
+    """Sequences from a detection set: each from one image holding ``category`` (its box is the
+    target), with cut-aways from the set's images without it."""
+    from fetalkit.errors import DataError
+    from fetalkit.io.images import read_gray
+    from fetalkit.synth.sequences import make_sequence
+    if category not in ds.categories:
+        raise DataError(f"category {category!r} is not in the label set ({', '.join(ds.categories)})")
+    k = ds.categories.index(category)
+    pos = [s for s in ds.samples if (s.labels == k).sum() == 1]
+    neg = [s for s in ds.samples if not (s.labels == k).any()]
+    if not pos:
+        raise DataError(f"no image with exactly one {category!r} box in this split")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(pos), size=min(n_sequences, len(pos)), replace=False)
+    cut_pool = [read_gray(neg[i].image_path) for i in rng.choice(len(neg), size=min(len(neg), 40), replace=False)] \
+        if neg else []
+    seqs = []
+    for j, i in enumerate(picks):
+        s = pos[int(i)]
+        image = read_gray(s.image_path)
+        x1, y1, x2, y2 = np.round(s.boxes_xyxy[s.labels == k][0]).astype(int)
+        mask = np.zeros(image.shape, bool)
+        mask[y1:y2, x1:x2] = True
+        cuts = [c for c in cut_pool if c.shape == image.shape]
+        seqs.append(make_sequence(image, mask, cuts, n_frames, rng))
+        if progress:
+            progress(j + 1, len(picks))
+    return seqs
