@@ -136,6 +136,7 @@ class StreamReport:
     failed_frame: Optional[int] = None
     error: Optional[str] = None
     latency_ms: list = field(default_factory=list)
+    encode_ms: list = field(default_factory=list)
 
     @property
     def fps(self) -> float:
@@ -143,11 +144,14 @@ class StreamReport:
 
 
 def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Optional[Path] = None,
-               progress: Optional[Callable[[int], None]] = None) -> StreamReport:
+               progress: Optional[Callable[[int], None]] = None, pace_fps: Optional[float] = None) -> StreamReport:
     """Mask every frame of ``source`` into ``output`` with the three overlapped stages.
 
     A frame that cannot be read or written stops the stream cleanly: every frame
     already written stays valid and the report names the failing frame.
+    ``pace_fps`` releases frames at that rate, as a live source would (a file is
+    otherwise read as fast as possible); latency is measured from a frame's release
+    to the end of its write.
     """
     sink = open_sink(output, source, _first_is_color(source))
     q_in: queue.Queue = queue.Queue(QUEUE_FRAMES)
@@ -156,12 +160,17 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
     errors: dict = {}
     arrival: dict[int, float] = {}
     latencies: list[float] = []
+    encode_ms: list[float] = []
     log = open(log_path, "w") if log_path else None
 
     def reader():
         n_read = 0
         try:
             for i, frame in source:
+                if pace_fps:
+                    wait = t_start + i / pace_fps - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
                 arrival[i] = time.perf_counter()
                 n_read += 1
                 while not stop.is_set():
@@ -188,7 +197,9 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
                 item = q_out.get()
                 if item is _END:
                     return
+                t_w = time.perf_counter()
                 sink.write(item.frame)
+                encode_ms.append((time.perf_counter() - t_w) * 1000)
                 latencies.append((time.perf_counter() - arrival.pop(item.index)) * 1000)
                 if log:
                     log.write(json.dumps(item.record) + "\n")
@@ -200,7 +211,7 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
             while q_out.get() is not _END:  # drain so the producer never blocks
                 pass
 
-    t0 = time.perf_counter()
+    t0 = t_start = time.perf_counter()
     threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
     for t in threads:
         t.start()
@@ -221,7 +232,7 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
         log.close()
     failed = errors.get("read") or errors.get("write")
     sink.close()  # after a failure too: the frames written before it stay a valid output
-    report = StreamReport(len(latencies), seconds, latency_ms=latencies)
+    report = StreamReport(len(latencies), seconds, latency_ms=latencies, encode_ms=encode_ms)
     if failed:
         report.failed_frame, report.error = failed
     return report
