@@ -1,0 +1,50 @@
+"""The bundled PSFHS detector: its card, held-out PSFHS images, and the masking demo on a phantom clip."""
+
+import json
+
+import cv2
+import numpy as np
+
+from fetalkit.config import MODELS_DIR
+from fetalkit.runtime.detector import OnnxDetector
+from fetalkit.runtime.registry import resolve_model
+
+
+def test_card_and_default_resolution():
+    path = resolve_model(None, "detector")
+    assert path == MODELS_DIR / "psfhs-fcos-mnv2.onnx"
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["classes"] == ["pubic_symphysis", "fetal_head"] and card["output"] == "dense"
+    assert card["operating_point"]["chosen_on"].startswith("val split")
+    assert card["metrics"]["test_ap_fetal_head"] >= 0.79  # the figure the README reports
+    int8 = json.loads((MODELS_DIR / "psfhs-fcos-mnv2-int8.json").read_text())
+    assert int8["precision"] == "int8" and int8["operating_point"] == card["operating_point"]
+
+
+def test_finds_both_structures_on_held_out_psfhs_images():
+    from tests.conftest import need_dataset
+    from fetalkit.datasets.psfhs import list_psfhs, psfhs_groups
+    from fetalkit.datasets.splits import select_split
+    from fetalkit.detection.boxes import box_iou, boxes_from_label_map
+    items = list_psfhs(need_dataset("psfhs"))
+    test = select_split(psfhs_groups([it.image_id for it in items]), "test", 0)
+    det = OnnxDetector(resolve_model(None, "detector"))
+    ious = []
+    for i in test[::19]:
+        image, label = items[i].load()
+        truth, labels = boxes_from_label_map(label, {1: 0, 2: 1})
+        d = det.detect(image)
+        for box, k in zip(truth, labels):
+            mine = d.boxes_xyxy[d.labels == k]
+            ious.append(box_iou(mine, box[None]).max() if len(mine) else 0.0)
+    assert np.mean(ious) > 0.8 and min(ious) > 0.5
+
+
+def test_mask_demo_on_phantom_clip(tmp_path):
+    from fetalkit.demo import run_mask_demo
+    m = run_mask_demo(tmp_path)
+    cap = cv2.VideoCapture(str(m["masked"]))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == m["frames"] == 120
+    assert m["empty_frames"] > 0 and m["false_negative_frames"] <= 0.05 * m["target_frames"]
+    assert m["false_masked_frames"] <= 0.2 * m["empty_frames"]
+    assert len(m["log"].read_text().splitlines()) == 120
