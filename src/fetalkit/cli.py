@@ -476,6 +476,7 @@ def bench_video_cmd(
     sequences: int = typer.Option(40, min=1, help="Number of sequences (one per held-out image)."),
     frames: int = typer.Option(60, min=10, help="Frames per sequence."),
     margin: float = typer.Option(0.1, help="Mask margin, as in 'fetalkit mask'."),
+    conf: float = typer.Option(None, help="Detector confidence (default: the model's operating point)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for rules.csv, rules.json and tradeoff.png."),
     json_out: bool = typer.Option(False, "--json"),
 ):
@@ -505,7 +506,7 @@ def bench_video_cmd(
         for s in seqs:
             per = []
             for f in s.frames:
-                d = det.detect(f)
+                d = det.detect(f, conf)
                 m = d.labels == k
                 per.append(ImageDetections(d.boxes_xyxy[m], d.scores[m], d.labels[m]))
                 done += 1
@@ -583,7 +584,7 @@ def biometry_head_cmd(
 def demo_cmd(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Output folder."),
              n: int = typer.Option(6, help="Number of phantom images."),
              seed: int = typer.Option(0, help="Phantom seed.")):
-    """Run head biometry on generated phantom images and compare with their exact truth."""
+    """Head biometry on phantom images, and privacy masking of a phantom clip, compared with their exact truth."""
     from rich.table import Table
     from fetalkit.demo import run_head_demo
     with console.status("measuring phantom heads with the bundled model"):
@@ -606,6 +607,15 @@ def demo_cmd(out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Outpu
     out.print(f"inputs:       {out_dir / 'phantoms'}")
     out.print(f"measurements: {out_dir / 'biometry' / 'measurements.csv'}")
     out.print(f"overlays:     {out_dir / 'biometry'}/*_overlay.png")
+    from fetalkit.demo import run_mask_demo
+    with console.status("masking the head in a phantom clip with the bundled detector"):
+        m = run_mask_demo(out_dir, seed)
+    out.print(f"privacy masking of a {m['frames']}-frame phantom clip (fetal_head, BBoxHoldSim): "
+              f"{m['false_negative_frames']} of {m['target_frames']} head frames not covered, "
+              f"{m['false_masked_frames']} of {m['empty_frames']} frames without the head masked, "
+              f"{m['fps']:.0f} frames/s")
+    out.print(f"clip:         {m['clip']}")
+    out.print(f"masked clip:  {m['masked']}  (per-frame log {m['log']})")
 
 
 @biometry_app.command("aop")

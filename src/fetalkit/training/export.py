@@ -111,9 +111,12 @@ def export_detector(checkpoint: Path, out_path: Path, name: str | None = None) -
     return card
 
 
-def quantize_detector(fp32_path: Path, out_path: Path, calibration: list, name: str | None = None) -> dict:
-    """Static INT8 (QDQ, per-channel weights) with onnxruntime's quantize_static on calibration
-    images (H x W uint8); the card is the FP32 card with ``precision: int8``."""
+def quantize_detector(fp32_path: Path, out_path: Path, calibration: list, name: str | None = None,
+                      keep_float: tuple[str, ...] = ()) -> dict:
+    """Static INT8 (QDQ, per-channel weights, MinMax calibration) with onnxruntime's
+    quantize_static on calibration images (H x W uint8); the card is the FP32 card with
+    ``precision: int8``.  Nodes whose names start with a prefix in ``keep_float`` stay
+    in float (mixed precision)."""
     import tempfile
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -131,18 +134,22 @@ def quantize_detector(fp32_path: Path, out_path: Path, calibration: list, name: 
             x = next(self.it, None)
             return None if x is None else {det.input_name: x}
 
+    import onnx
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        exclude = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(tuple(keep_float))]
         q = Path(tmp) / "int8.onnx"
-        # The box-decoding tail (after the head's last convolutions) stays in float.
+        # Only the listed op types are quantised: the box-decoding tail stays in float.
         quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        op_types_to_quantize=["Conv", "Add", "Relu", "Clip", "Resize", "MaxPool", "Mul"])
+                        op_types_to_quantize=["Conv", "Add", "Relu", "Clip", "Resize", "MaxPool", "Mul"],
+                        nodes_to_exclude=exclude)
         atomic_write_bytes(out_path, q.read_bytes())
     card = read_card(fp32_path)
     card.update(name=name or out_path.stem, precision="int8",
                 quantisation={"method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations",
+                              "kept_float": list(keep_float),
                               "calibration_images": len(calibration), "from": fp32_path.name},
                 metrics={})
     card.pop("speed", None)
