@@ -70,3 +70,14 @@ def test_ssim_agrees_with_scikit_image():
     for x, y in ((a, b), (downscale_gray(a), downscale_gray(b)), (a, a)):
         ref = skm.structural_similarity(x.astype(np.float64), y.astype(np.float64), data_range=255.0)
         assert ssim(x, y) == pytest.approx(ref, abs=1e-6)
+
+
+def test_a_detection_elsewhere_does_not_end_a_hold():
+    far = (0, 100, 90, 120, 110)
+    seq = [dets((0, *BOX)), dets(far), dets(far), dets(far), dets((0, 12, 22, 42, 52))]
+    steps = run(HoldRule("frames", hold_frames=2), still_frames(len(seq)), seq)
+    held = [[h["box"] for h in s.held] for s in steps]
+    # frames 1-2: the first box is held although the detector fires far away; frame 3: its hold ends;
+    # frame 4: a new box near the first one, and the far box (not found again) is held
+    assert held == [[], [[10.0, 20.0, 30.0, 30.0]], [[10.0, 20.0, 30.0, 30.0]], [], [[100.0, 90.0, 20.0, 20.0]]]
+    assert [len(s.masks.labels) for s in steps] == [1, 2, 2, 1, 2]

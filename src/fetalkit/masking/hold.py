@@ -4,14 +4,14 @@ A missed frame (false negative) shows what must stay hidden, so the rules of the
 privacy-masking paper (Section 7.1) sit between the detector and the renderer:
 
 * ``none``: mask exactly the current detections.
-* ``frames`` (BBoxHold): when a class has no detection, keep its last boxes for up
-  to ``hold_frames`` frames.
-* ``ssim`` (BBoxHoldSim): when a class has no detection, keep its last boxes while
-  the structural similarity between the current frame and the last frame in which
-  that class was detected stays >= ``ssim_threshold`` (the view has not changed, so
-  the structure is still where it was); ``max_hold_frames`` caps the hold.
+* ``frames`` (BBoxHold): when a box is no longer detected, keep it for up to
+  ``hold_frames`` frames.
+* ``ssim`` (BBoxHoldSim): when a box is no longer detected, keep it while the
+  structural similarity between the current frame and the last frame in which it
+  was detected stays >= ``ssim_threshold`` (the view has not changed, so the
+  structure is still where it was); ``max_hold_frames`` caps the hold.
 
-Rules work per class and on numpy arrays; they never draw.  Example::
+Rules work per class and per box on numpy arrays; they never draw.  Example::
 
     rule = make_rule("ssim", ssim_threshold=0.6)
     for frame, dets in stream:
@@ -78,14 +78,22 @@ class HoldStep:
 
 @dataclass
 class _Track:
-    boxes_xyxy: np.ndarray
-    scores: np.ndarray
-    reference: np.ndarray | None      # downscaled frame of the last detection (ssim rule)
+    box_xyxy: np.ndarray
+    score: float
+    reference: np.ndarray | None      # downscaled frame of the box's last detection (ssim rule)
     age: int = 0                      # frames since the last detection
 
 
 class HoldRule:
-    """Per-class hold of the last detected boxes (``rule`` in :data:`RULES`)."""
+    """Hold of the last detected boxes, per class and per box (``rule`` in :data:`RULES`).
+
+    Each detected box starts a track.  A track is superseded when a detection of its
+    class overlaps it (IoU >= ``MATCH_IOU``); otherwise it is kept while the rule allows,
+    even if the detector fires elsewhere in the frame (a detection elsewhere does not
+    mean the structure was found).
+    """
+
+    MATCH_IOU = 0.1
 
     def __init__(self, rule: str = "ssim", hold_frames: int = 10, ssim_threshold: float = 0.6,
                  max_hold_frames: int = 150):
@@ -95,7 +103,7 @@ class HoldRule:
             raise ValueError("hold frames must be >= 0")
         self.rule, self.hold_frames = rule, int(hold_frames)
         self.ssim_threshold, self.max_hold_frames = float(ssim_threshold), int(max_hold_frames)
-        self.tracks: dict[int, _Track] = {}
+        self.tracks: dict[int, list[_Track]] = {}
 
     @property
     def name(self) -> str:
@@ -104,34 +112,48 @@ class HoldRule:
     def reset(self) -> None:
         self.tracks.clear()
 
+    def _keep(self, track: _Track, small, memo: dict) -> tuple[bool, float | None]:
+        if self.rule == "frames":
+            return track.age <= self.hold_frames, None
+        if self.rule == "ssim" and track.age <= self.max_hold_frames:
+            key = id(track.reference)
+            if key not in memo:  # tracks detected on one frame share its SSIM
+                memo[key] = ssim(small, track.reference)
+            return memo[key] >= self.ssim_threshold, memo[key]
+        return False, None
+
     def update(self, frame: np.ndarray, detections: ImageDetections) -> HoldStep:
         """Feed one frame (H x W uint8) and its detections; get the boxes to mask."""
+        from fetalkit.detection.boxes import box_iou
         small = downscale_gray(frame) if self.rule == "ssim" else None
-        boxes, scores, labels, held, sims = [detections.boxes_xyxy], [detections.scores], [detections.labels], [], {}
-        found = set(int(k) for k in detections.labels)
-        for k in found:
+        boxes, scores, labels, held, sims, memo = [], [], [], [], {}, {}
+        classes = set(self.tracks) | {int(k) for k in detections.labels}
+        for k in sorted(classes):
             mine = detections.labels == k
-            self.tracks[k] = _Track(detections.boxes_xyxy[mine].copy(), detections.scores[mine].copy(), small)
-        for k, track in list(self.tracks.items()):
-            if k in found:
-                continue
-            track.age += 1
-            keep = False
-            if self.rule == "frames":
-                keep = track.age <= self.hold_frames
-            elif self.rule == "ssim" and track.age <= self.max_hold_frames:
-                sims[k] = ssim(small, track.reference)
-                keep = sims[k] >= self.ssim_threshold
-            if not keep:
-                del self.tracks[k]
-                continue
-            boxes.append(track.boxes_xyxy)
-            scores.append(track.scores)
-            labels.append(np.full(len(track.boxes_xyxy), k, np.int64))
-            for b in track.boxes_xyxy:
-                held.append({"box": _xywh(b), "class": k, "rule": self.name, "age": track.age})
-        masks = ImageDetections(np.concatenate(boxes).astype(np.float32).reshape(-1, 4),
-                                np.concatenate(scores).astype(np.float32), np.concatenate(labels).astype(np.int64))
+            found, found_scores = detections.boxes_xyxy[mine], detections.scores[mine]
+            tracks = [_Track(b.copy(), float(s), small) for b, s in zip(found, found_scores)]
+            for t in self.tracks.get(k, []):
+                if len(found) and box_iou(t.box_xyxy[None], found).max() >= self.MATCH_IOU:
+                    continue  # superseded by the new detection
+                t.age += 1
+                keep, value = self._keep(t, small, memo)
+                if value is not None:
+                    sims.setdefault(k, value)
+                if keep:
+                    tracks.append(t)
+                    held.append({"box": _xywh(t.box_xyxy), "class": k, "rule": self.name, "age": t.age})
+            if self.rule == "none":
+                tracks = [t for t in tracks if t.age == 0]
+            if tracks:
+                self.tracks[k] = tracks
+            else:
+                self.tracks.pop(k, None)
+            for t in tracks:
+                boxes.append(t.box_xyxy)
+                scores.append(t.score)
+                labels.append(k)
+        masks = ImageDetections(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
+                                np.asarray(labels, np.int64))
         return HoldStep(masks, held, sims)
 
 
