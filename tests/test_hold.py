@@ -81,3 +81,13 @@ def test_a_detection_elsewhere_does_not_end_a_hold():
     # frame 4: a new box near the first one, and the far box (not found again) is held
     assert held == [[], [[10.0, 20.0, 30.0, 30.0]], [[10.0, 20.0, 30.0, 30.0]], [], [[100.0, 90.0, 20.0, 20.0]]]
     assert [len(s.masks.labels) for s in steps] == [1, 2, 2, 1, 2]
+
+
+def test_ssim_over_the_imaged_area_ignores_the_common_black_surround():
+    rng = np.random.default_rng(5)
+    a, b = np.zeros((60, 80)), np.zeros((60, 80))
+    a[20:40, 20:60] = rng.integers(20, 255, (20, 40))
+    b[20:40, 20:60] = rng.integers(20, 255, (20, 40))   # another view in the same sector
+    whole, imaged = ssim(a, b), ssim(a, b, imaged_only=True)
+    assert whole > 0.5 and imaged < whole - 0.2          # the black surround inflates the whole-frame value
+    assert ssim(a, a, imaged_only=True) == pytest.approx(1.0)

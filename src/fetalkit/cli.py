@@ -513,7 +513,7 @@ def bench_video_cmd(
             bar.update(t2, completed=done)
             dets.append(per)
         rows = evaluate_rules(seqs, dets, rule_grid(), margin)
-    columns = ["rule", "hold_frames", "ssim_threshold", "fn_rate", "fn_reduction", "false_masked_rate",
+    columns = ["rule", "hold_frames", "ssim_threshold", "ssim_imaged_only", "fn_rate", "fn_reduction", "false_masked_rate",
                "false_masked_increase_pp", "mean_masked_area", "target_frames", "empty_frames"]
     write_csv_rows(out_dir / "rules.csv", rows, columns)
     atomic_write_bytes(out_dir / "rules.json", json.dumps(rows, indent=1).encode())
@@ -530,6 +530,8 @@ def bench_video_cmd(
         table.add_column(col)
     for r in rows:
         setting = str(r.get("hold_frames", r.get("ssim_threshold", "")))
+        if r.get("ssim_imaged_only"):
+            setting += " (imaged area)"
         table.add_row(r["rule"], setting, f"{100 * r['fn_rate']:.2f} %", f"{100 * r['fn_reduction']:.1f} %",
                       f"{100 * r['false_masked_rate']:.2f} %", f"{r['false_masked_increase_pp']:+.2f}",
                       f"{100 * r['mean_masked_area']:.2f} %")

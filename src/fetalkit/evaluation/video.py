@@ -61,10 +61,12 @@ def summarise(counts: list[dict]) -> dict:
 
 
 def rule_grid(hold_frames=(2, 5, 10, 20), ssim_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8)) -> list[dict]:
-    """The settings the benchmark compares: the bare detector, BBoxHold(N), BBoxHoldSim(T)."""
+    """The settings the benchmark compares: the bare detector, BBoxHold(N), BBoxHoldSim(T) with SSIM
+    over the whole frame (the default) and over the imaged area only."""
     grid = [{"rule": "none"}]
     grid += [{"rule": "frames", "hold_frames": n} for n in hold_frames]
     grid += [{"rule": "ssim", "ssim_threshold": t} for t in ssim_thresholds]
+    grid += [{"rule": "ssim", "ssim_threshold": t, "ssim_imaged_only": True} for t in ssim_thresholds]
     return grid
 
 

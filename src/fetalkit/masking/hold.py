@@ -39,13 +39,19 @@ def downscale_gray(frame: np.ndarray, width_px: int = SSIM_WIDTH_PX) -> np.ndarr
     return cv2.resize(frame, (width_px, height), interpolation=cv2.INTER_AREA).astype(np.float64)
 
 
-def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+BLACK_LEVEL = 4.0         # local mean below this in both frames: outside the imaging sector
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, imaged_only: bool = False) -> float:
     """Mean structural similarity of two equal-size gray images.
 
     The same computation as ``skimage.metrics.structural_similarity(a, b,
     data_range=data_range)`` with its defaults (7 x 7 uniform window, K1 0.01,
     K2 0.03, sample covariance, border of 3 px excluded), written with OpenCV box
     filters so the runtime needs no scikit-image; a test checks agreement to 1e-6.
+    ``imaged_only`` averages only over windows that are not black in both images:
+    the black surround of an ultrasound sector is identical in any two frames and
+    would otherwise make different views look similar.
     """
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"ssim needs two 2-D images of one shape, got {a.shape} and {b.shape}")
@@ -64,7 +70,11 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     pad = (SSIM_WIN - 1) // 2
-    return float(s[pad:-pad, pad:-pad].mean(dtype=np.float64))
+    s = s[pad:-pad, pad:-pad]
+    if imaged_only:
+        valid = ((ux > BLACK_LEVEL) | (uy > BLACK_LEVEL))[pad:-pad, pad:-pad]
+        return float(s[valid].mean(dtype=np.float64)) if valid.any() else 1.0
+    return float(s.mean(dtype=np.float64))
 
 
 @dataclass
@@ -96,13 +106,14 @@ class HoldRule:
     MATCH_IOU = 0.1
 
     def __init__(self, rule: str = "ssim", hold_frames: int = 10, ssim_threshold: float = 0.6,
-                 max_hold_frames: int = 150):
+                 max_hold_frames: int = 150, ssim_imaged_only: bool = False):
         if rule not in RULES:
             raise ValueError(f"unknown hold rule {rule!r}; use one of {', '.join(RULES)}")
         if hold_frames < 0 or max_hold_frames < 0:
             raise ValueError("hold frames must be >= 0")
         self.rule, self.hold_frames = rule, int(hold_frames)
         self.ssim_threshold, self.max_hold_frames = float(ssim_threshold), int(max_hold_frames)
+        self.ssim_imaged_only = bool(ssim_imaged_only)
         self.tracks: dict[int, list[_Track]] = {}
 
     @property
@@ -118,7 +129,7 @@ class HoldRule:
         if self.rule == "ssim" and track.age <= self.max_hold_frames:
             key = id(track.reference)
             if key not in memo:  # tracks detected on one frame share its SSIM
-                memo[key] = ssim(small, track.reference)
+                memo[key] = ssim(small, track.reference, imaged_only=self.ssim_imaged_only)
             return memo[key] >= self.ssim_threshold, memo[key]
         return False, None
 
