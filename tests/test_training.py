@@ -63,3 +63,21 @@ def test_fit_writes_metrics_resumes_and_exports(tmp_path):
     assert card["input_hw"] == [64, 96] and card["params"] > 3_000_000
     images = [np.random.default_rng(2).integers(0, 255, (120, 200), dtype=np.uint8)]
     assert torch_onnx_max_abs_diff(run / "best.pt", onnx_path, images, 1) < 1e-4
+
+
+def test_multiclass_export_is_channel_softmax_without_softmax_node(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from fetalkit.training.segment import ProbabilityHead, export_onnx
+    torch.manual_seed(0)
+    model = build_segmenter("unet-mobilenet_v2", 3, "random").eval()
+    path = export_onnx(model, 3, (64, 64), tmp_path / "m.onnx")
+    # onnxruntime's Softmax works on the last axis; the channel softmax is exported element-wise instead
+    assert "Softmax" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        ref = model(x).softmax(1).numpy()
+        head = ProbabilityHead(model, 3)(x).numpy()
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    assert np.abs(head - ref).max() < 1e-6 and np.abs(out - ref).max() < 1e-5
+    assert np.allclose(out.sum(1), 1.0, atol=1e-5)
