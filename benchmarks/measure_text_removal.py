@@ -23,9 +23,10 @@ arrow per 800 x 540 frame, scaled with the frame area (a 256 x 256 PSFHS frame
 gets one of each), so that the overlay density is comparable; ``--dense``
 pastes the full set on every frame (a stress test for small frames).
 
-The sector mask comes from ``sector_of`` below, a stand-in until the sector
-detector lands (threshold, opening, convex hull of the large regions): it is
-the one function to replace.
+Overlays are placed using the sector detected on the clean frame; fetalkit then
+cleans the overlaid frame exactly as ``fetalkit clean`` does
+(:func:`fetalkit.preprocess.jobs.clean_frame`: sector detected on the frame
+with its overlays, then removal confined by it).
 """
 
 from __future__ import annotations
@@ -40,28 +41,21 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from fetalkit.config import dataset_dir
+from fetalkit.errors import FetalkitError
 from fetalkit.io.images import read_gray
+from fetalkit.preprocess.jobs import clean_frame
+from fetalkit.preprocess.sector import detect_sector
 from fetalkit.preprocess.text import TextRemovalParams, draw_synthetic_overlays, remove_overlay
 
 ALTERED_GREY = 2
 
 
 def sector_of(gray: np.ndarray) -> np.ndarray:
-    """Stand-in sector mask (H x W uint8 {0, 1}): convex hull of the large non-black regions.
-
-    Replace this one function by the real sector detector.
-    """
-    on = (gray > 8).astype(np.uint8)
-    on = cv2.morphologyEx(on, cv2.MORPH_OPEN, np.ones((9, 9), np.uint8))  # drops text and ticks
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(on, connectivity=8)
-    large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= 0.01 * gray.size)
-    large = large[large > 0]
-    if large.size == 0:
-        return np.ones_like(on)
-    points = cv2.findNonZero(np.isin(labels, large).astype(np.uint8))
-    sector = np.zeros_like(on)
-    cv2.fillConvexPoly(sector, cv2.convexHull(points), 1)
-    return sector
+    """Sector mask (H x W uint8 {0, 1}) from fetalkit's detector; the whole frame when none is found."""
+    try:
+        return detect_sector(gray).mask
+    except FetalkitError:
+        return np.ones(gray.shape, np.uint8)
 
 
 def pick_images(n_hc18: int, n_psfhs: int, seed: int) -> list[Path]:
@@ -102,7 +96,7 @@ def scores(original: np.ndarray, cleaned: np.ndarray, flagged: np.ndarray, truth
 
 
 METHODS = {
-    "fetalkit": lambda im, sector: remove_overlay(im, sector),
+    "fetalkit": lambda im, sector: clean_frame(im)[0],  # finds the sector itself, as `fetalkit clean`
     "paper": lambda im, sector: remove_overlay(im, None, TextRemovalParams.paper_baseline()),
 }
 
@@ -137,8 +131,8 @@ def main() -> None:
 
     print(f"command: python benchmarks/measure_text_removal.py --n-hc18 {args.n_hc18} "
           f"--n-psfhs {args.n_psfhs} --seed {args.seed}" + (" --dense" if args.dense else ""))
-    print(f"{len(paths)} images ({args.n_hc18} HC18 + {args.n_psfhs} PSFHS), sector: stand-in "
-          f"(convex hull of the large non-black regions); "
+    print(f"{len(paths)} images ({args.n_hc18} HC18 + {args.n_psfhs} PSFHS), sector: fetalkit's "
+          f"detector; "
           f"fetalkit {1000 * seconds / len(paths):.1f} ms/image")
     print(f"{'method':10s} {'subset':7s} {'recall':>15s} {'altered %':>15s} {'SSIM boxes':>15s} "
           f"{'PSNR boxes dB':>15s}   (mean / worst)")

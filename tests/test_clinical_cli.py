@@ -98,3 +98,37 @@ def test_deid_dicom_cli(tmp_path):
     assert b"Doe^Jane" not in out and b"ID-12345" not in out
     assert read_dicom(tmp_path / "anon.dcm").frames.shape == frames.shape
     assert src.read_bytes() == before
+
+
+def test_deid_video_cleans_every_frame(tmp_path):
+    import cv2
+    from fetalkit.io.video import VideoSink, open_source
+    clean_frames, over = [], []
+    for seed in range(4):
+        p = head_phantom(seed=seed)
+        o = draw_synthetic_overlays(p.image, p.sector, seed=seed)
+        clean_frames.append(p.image)
+        over.append(o)
+    src = tmp_path / "cine.avi"
+    sink = VideoSink(src, 10.0, clean_frames[0].shape, is_color=False)
+    for o in over:
+        sink.write(o.image)
+    sink.close()
+    before = src.read_bytes()
+    res = fetalkit("deid", src, "-o", tmp_path / "anon.avi", "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["kind"] == "video" and report["frames"] == 4 and report["overlay_px_removed"] > 0
+    assert src.read_bytes() == before
+    stored = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for _, f in open_source(str(src))]
+    anon = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for _, f in open_source(str(tmp_path / "anon.avi"))]
+    assert len(anon) == 4
+    for o, clean, s, a in zip(over, clean_frames, stored, anon):
+        text = o.overlay_mask > 0
+        # in the overlay pixels the output is much closer to the frame without overlays than the input was
+        err_in = np.abs(s[text].astype(int) - clean[text]).mean()
+        err_out = np.abs(a[text].astype(int) - clean[text]).mean()
+        assert err_out < 0.5 * err_in
+    res = fetalkit("deid", src, "-o", tmp_path / "anon.png")
+    assert res.returncode == 1 and "anon.png" in res.stderr and "video file" in res.stderr
+    assert not (tmp_path / "anon.png").exists()

@@ -380,3 +380,27 @@ def test_dciodvfy_finds_no_iod_errors(tmp_path, n_frames):
     errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
     assert errors == []
     assert ("USMultiFrameImage" if n_frames > 1 else "USImage") in check.stdout + check.stderr
+
+
+def test_cli_refuses_dicom_without_pixels_or_with_video_syntax(tmp_path):
+    """`fetalkit deid` and `fetalkit mask`: one-line error naming the file, exit 1, nothing written, input kept."""
+    import sys
+    report = Dataset()
+    report.file_meta = FileMetaDataset()
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.SOPClassUID, report.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.11", generate_uid()
+    report.file_meta.MediaStorageSOPClassUID = report.SOPClassUID
+    report.file_meta.MediaStorageSOPInstanceUID = report.SOPInstanceUID
+    video = _dataset(4, 4, ts=MPEG4HP41)
+    video.PixelData = encapsulate([b"\x00\x00\x01\xb3" * 4])
+    video["PixelData"].VR = "OB"
+    cases = {_save(report, tmp_path / "report.dcm"): "has no pixel data",
+             _save(video, tmp_path / "video.dcm"): "is not supported"}
+    for path, reason in cases.items():
+        before = path.read_bytes()
+        for args in (["deid", path, "-o", tmp_path / "out.dcm"], ["mask", path, "-o", tmp_path / "out.dcm"]):
+            res = subprocess.run([sys.executable, "-m", "fetalkit.cli", *map(str, args)], capture_output=True, text=True)
+            assert res.returncode == 1, (args, res.stderr)
+            assert path.name in res.stderr and reason in res.stderr and "Traceback" not in res.stderr
+            assert not (tmp_path / "out.dcm").exists()
+        assert path.read_bytes() == before

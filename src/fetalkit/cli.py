@@ -682,7 +682,7 @@ def clean_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or folde
 
 
 @app.command("deid")
-def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file or an image."),
+def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file, a video (.mp4 .avi .mov .mkv .m4v) or an image."),
              output: Path = typer.Option(..., "-o", "--output", help="Output file (never the input)."),
              clean: bool = typer.Option(True, help="Also remove burned-in text from the pixels."),
              json_out: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
@@ -696,6 +696,9 @@ def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file or an image."),
         out.print(f"removed {len(report['removed'])}, emptied {len(report['emptied'])}, replaced "
                   f"{len(report['replaced'])} attributes; {report['uids_remapped']} UIDs remapped; "
                   f"{report['private_tags_removed']} private tags removed; BurnedInAnnotation {report['burned_in_annotation']}")
+    elif report["kind"] == "video":
+        out.print(f"{report['frames']} frames re-encoded without metadata; {report['overlay_px_removed']} "
+                  f"burned-in pixels removed")
     else:
         out.print(f"image re-encoded without metadata; {report['overlay_px_removed']} burned-in pixels removed")
     out.print(f"wrote {output}")

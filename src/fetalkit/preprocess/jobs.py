@@ -86,11 +86,13 @@ def is_dicom(path: Path) -> bool:
 
 
 def deidentify_path(src: Path, dst: Path, uid_map=None, clean: bool = True) -> dict:
-    """De-identify a DICOM file or an image: DICOM via the PS3.15 basic profile, images by removing burned-in text.
+    """De-identify a DICOM file, a video or an image.
 
-    Images are re-encoded from pixels only, so no metadata (EXIF, PNG text) survives.
-    Returns a JSON-serialisable report.
+    DICOM goes through the PS3.15 basic profile; videos and images are re-encoded from
+    their pixels only (no container tags, EXIF or PNG text survive) with burned-in text
+    removed. Returns a JSON-serialisable report.
     """
+    from fetalkit.io.video import VIDEO_SUFFIXES
     if src.resolve() == dst.resolve():
         raise InputError(f"{src}: output would overwrite the input; choose another -o path")
     if not src.is_file():
@@ -100,6 +102,8 @@ def deidentify_path(src: Path, dst: Path, uid_map=None, clean: bool = True) -> d
         from fetalkit.deid import UidMap, deidentify_file
         report = deidentify_file(src, dst, uid_map or UidMap(), clean_pixels=cleaner)
         return report.as_dict()
+    if src.suffix.lower() in VIDEO_SUFFIXES:
+        return deidentify_video(src, dst, clean)
     image = read_gray(src)
     result, kind = clean_frame(image)
     if dst.suffix.lower() not in (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"):
@@ -107,3 +111,37 @@ def deidentify_path(src: Path, dst: Path, uid_map=None, clean: bool = True) -> d
     write_image(dst, result.image)
     return {"source": str(src), "output": str(dst), "kind": "image", "metadata": "dropped (pixels re-encoded)",
             "pixels_cleaned": True, "overlay_px_removed": int(result.overlay_mask.sum()), "sector": kind}
+
+
+def deidentify_video(src: Path, dst: Path, clean: bool = True) -> dict:
+    """Re-encode a video frame by frame with burned-in text removed from every frame.
+
+    The output is written to a temporary file and renamed at the end, so a failure
+    leaves nothing behind; only pixels, size and frame rate are carried over (the
+    writer copies no container metadata). Colour frames stay colour.
+    """
+    from fetalkit.io.video import FOURCC, VideoSink, open_source
+    if dst.suffix.lower() not in FOURCC:
+        raise InputError(f"{dst}: output of a video must be a video file ({', '.join(sorted(FOURCC))})")
+    source = open_source(str(src))
+    sink, n_frames, removed_px, no_sector = None, 0, 0, 0
+    try:
+        for _, frame in source:
+            if clean:
+                result, kind = clean_frame(frame)
+                frame, removed_px = result.image, removed_px + int(result.overlay_mask.sum())
+                no_sector += kind != "found"
+            if sink is None:
+                sink = VideoSink(dst, source.fps or 25.0, source.size_hw, is_color=frame.ndim == 3)
+            sink.write(frame)
+            n_frames += 1
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    if sink is None:
+        raise InputError(f"{src}: the video holds no readable frames")
+    sink.close()
+    return {"source": str(src), "output": str(dst), "kind": "video", "frames": n_frames, "fps": source.fps,
+            "metadata": "dropped (frames re-encoded, no container tags copied)", "pixels_cleaned": clean,
+            "overlay_px_removed": removed_px, "frames_without_sector": no_sector}
