@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench figures clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(VENV)/.train
 
 bench: $(VENV)/.train
 	$(PY) benchmarks/bench_head_biometry.py
+
+# before / after pictures of text removal on the shared data (not committed: derived from it)
+figures: $(VENV)/.runtime
+	$(PY) docs/make_clean_figures.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
