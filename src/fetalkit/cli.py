@@ -485,7 +485,7 @@ def bench_video_cmd(
     from rich.progress import Progress
     from fetalkit.datasets.splits import select_split
     from fetalkit.detection.formats import read_detection_set
-    from fetalkit.evaluation.video import build_sequences, evaluate_rules, plot_tradeoff, rule_grid
+    from fetalkit.evaluation.video import build_sequences, evaluate_rules, plot_tradeoff, rule_grid, sequence_breakdown
     from fetalkit.io.images import atomic_write_bytes
     from fetalkit.io.jobs import write_csv_rows
     from fetalkit.runtime.detector import OnnxDetector
@@ -513,6 +513,8 @@ def bench_video_cmd(
             bar.update(t2, completed=done)
             dets.append(per)
         rows = evaluate_rules(seqs, dets, rule_grid(), margin)
+        per_seq = sequence_breakdown(seqs, dets, margin)
+    write_csv_rows(out_dir / "sequences.csv", per_seq, list(per_seq[0]))
     columns = ["rule", "hold_frames", "ssim_threshold", "ssim_imaged_only", "fn_rate", "fn_reduction", "false_masked_rate",
                "false_masked_increase_pp", "mean_masked_area", "target_frames", "empty_frames"]
     write_csv_rows(out_dir / "rules.csv", rows, columns)
@@ -536,7 +538,13 @@ def bench_video_cmd(
                       f"{100 * r['false_masked_rate']:.2f} %", f"{r['false_masked_increase_pp']:+.2f}",
                       f"{100 * r['mean_masked_area']:.2f} %")
     out.print(table)
-    out.print(f"wrote {out_dir / 'rules.csv'} and {out_dir / 'tradeoff.png'}")
+    fn_alone = sum(r["fn_detector"] for r in per_seq)
+    rare = [r for r in per_seq if r["rarely_found"]]
+    out.print(f"detector alone: {fn_alone} false-negative frames in {sum(r['fn_detector'] > 0 for r in per_seq)} of "
+              f"{len(per_seq)} sequences; {len(rare)} sequences whose target it misses in >= 90 % of frames hold "
+              f"{sum(r['fn_detector'] for r in rare)} of them (no hold rule can keep a box never seen)"
+              + (": " + ", ".join(r["source"] for r in rare) if rare else ""))
+    out.print(f"wrote {out_dir / 'rules.csv'}, {out_dir / 'sequences.csv'} and {out_dir / 'tradeoff.png'}")
 
 
 @biometry_app.command("head")

@@ -84,6 +84,24 @@ def evaluate_rules(seqs: list[Sequence], dets: list[list[ImageDetections]], grid
     return rows
 
 
+RARELY_FOUND = 0.9  # a sequence whose target is missed in >= 90 % of its frames by the detector alone
+
+
+def sequence_breakdown(seqs: list[Sequence], dets: list[list[ImageDetections]], margin: float = 0.0,
+                       setting: dict | None = None) -> list[dict]:
+    """Per sequence: false-negative frames of the detector alone and with one hold rule (the
+    default BBoxHoldSim), so that misses a hold rule cannot fix (a target never seen) show."""
+    setting = setting or {"rule": "ssim"}
+    rows = []
+    for s, d in zip(seqs, dets):
+        alone = replay(s, d, HoldRule(rule="none"), margin)
+        held = replay(s, d, HoldRule(**setting), margin)
+        rows.append({"source": s.source, "target_frames": alone["targets"], "empty_frames": alone["empties"],
+                     "fn_detector": alone["fn"], "fn_held": held["fn"], "false_masked_held": held["false_masked"],
+                     "rarely_found": alone["fn"] >= RARELY_FOUND * max(alone["targets"], 1)})
+    return rows
+
+
 def plot_tradeoff(rows: list[dict], png_path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -133,7 +151,9 @@ def build_sequences(ds, category: str, n_sequences: int, n_frames: int, seed: in
         mask = np.zeros(image.shape, bool)
         mask[y1:y2, x1:x2] = True
         cuts = [c for c in cut_pool if c.shape == image.shape]
-        seqs.append(make_sequence(image, mask, cuts, n_frames, rng))
+        seq = make_sequence(image, mask, cuts, n_frames, rng)
+        seq.source = s.file_name
+        seqs.append(seq)
         if progress:
             progress(j + 1, len(picks))
     return seqs

@@ -26,6 +26,7 @@ class Sequence:
     frames: list[np.ndarray]                       # H x W uint8
     target_boxes: list[np.ndarray | None]          # per frame: x1 y1 x2 y2 of the target, None if absent
     kinds: list[str] = field(default_factory=list)  # per frame: clean | blur | dropout | cutaway
+    source: str = ""                                # the image the sequence was made from
 
 
 def smooth_walk(n: int, scale: float, rng: np.random.Generator, smooth: int = 9) -> np.ndarray:
