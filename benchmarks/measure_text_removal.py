@@ -36,7 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fetalkit.detection.boxes import DetSample, DetSet, check_boxes, empty_boxes
+from fetalkit.detection.boxes import DetSample, DetSet, check_boxes
 from fetalkit.errors import DataError
 from fetalkit.io.images import IMAGE_SUFFIXES, write_image
 

@@ -8,9 +8,6 @@ like the segmentation loop, and CPU-workable (a 256 px MobileNetV2 detector).
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +25,7 @@ from fetalkit.io.images import read_gray
 from fetalkit.runtime.detector import letterbox
 from fetalkit.training.detectors import backbone_parameters, build_detector
 from fetalkit.training.models import count_parameters
-from fetalkit.training.segment import augment_state, default_device, plot_metrics, seed_everything, set_augment_state
+from fetalkit.training.runs import RunFiles, default_device, seed_everything
 
 
 @dataclass
@@ -158,7 +155,6 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
         out_dir: Path, resume: bool = True, progress: Optional[Callable[[dict], None]] = None,
         stop_after_epoch: Optional[int] = None) -> dict:
     """Train, score COCO AP[.5:.95] on ``val_idx`` each epoch, keep the best; exactly resumable."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = default_device()
@@ -169,22 +165,9 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
                                          shuffle=True, drop_last=True, generator=g, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, len(loader))
     val_set = ds.subset(val_idx)
-    csv_path, last_path, best_path = out_dir / "metrics.csv", out_dir / "last.pt", out_dir / "best.pt"
-    start_epoch, best = 0, -math.inf
-    if resume and last_path.is_file():
-        ck = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        start_epoch, best = ck["epoch"] + 1, ck["best"]
-        torch.set_rng_state(ck["torch_rng"])
-        g.set_state(ck["loader_rng"])
-        set_augment_state(augment, ck["aug_rng"])
-    elif csv_path.exists():
-        csv_path.unlink()
-    (out_dir / "config.json").write_text(json.dumps(
-        {**asdict(cfg), "params_total": count_parameters(model), "n_train": int(len(train_idx)),
-         "n_val": int(len(val_idx))}, indent=2))
+    run = RunFiles(out_dir, asdict(cfg), "max", model, optimizer, scheduler, g, augment)
+    start_epoch = run.start(resume, device, {"params_total": count_parameters(model), "n_train": int(len(train_idx)),
+                                             "n_val": int(len(val_idx))})
     row: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
@@ -193,26 +176,12 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
         row = {"epoch": epoch, **{k: round(v, 5) for k, v in losses.items()},
                **{f"val_{k}": round(v, 5) for k, v in metrics.items()},
                "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
-        if row["val_ap"] > best:
-            best = row["val_ap"]
-            torch.save({"model": model.state_dict(), "epoch": epoch, "config": asdict(cfg), "metrics": row},
-                       best_path)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                    "torch_rng": torch.get_rng_state(), "loader_rng": g.get_state(), "config": asdict(cfg),
-                    "aug_rng": augment_state(augment)}, last_path)
-        new = not csv_path.exists()
-        with open(csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        plot_metrics(csv_path, out_dir / "metrics.png")
+        run.end_epoch(epoch, row, row["val_ap"])
         if progress:
-            progress({**row, "best": best})
+            progress({**row, "best": run.best})
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
-    return {"best": best, "last": row}
+    return {"best": run.best, "last": row}
 
 
 def load_detector_checkpoint(path: Path):

@@ -8,10 +8,6 @@ works on 2 CPU cores; a GPU is used when present.
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +20,7 @@ from torch import nn
 
 from fetalkit.runtime.preprocess import GRAY_MEAN, GRAY_STD
 from fetalkit.training.models import build_segmenter, count_parameters, set_encoder_trainable
+from fetalkit.training.runs import RunFiles, default_device, seed_everything
 
 
 @dataclass
@@ -56,16 +53,6 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def build_augment(seed: int, hflip: bool = True):
     """Geometric + intensity augmentation (albumentations), applied to image and target together."""
     import albumentations as A
@@ -79,21 +66,6 @@ def build_augment(seed: int, hflip: bool = True):
         A.GaussianBlur(blur_limit=(3, 5), p=0.15),
     ], seed=seed)
     return aug
-
-
-def _rng_holders(augment) -> list:
-    return [augment, *augment.transforms]
-
-
-def augment_state(augment) -> list:
-    """Random states of an albumentations pipeline (each transform holds its own generators)."""
-    return [(t.random_generator.bit_generator.state, t.py_random.getstate()) for t in _rng_holders(augment)]
-
-
-def set_augment_state(augment, state: list) -> None:
-    for t, (np_state, py_state) in zip(_rng_holders(augment), state):
-        t.random_generator.bit_generator.state = np_state
-        t.py_random.setstate(py_state)
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -181,27 +153,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
     return optimizer, scheduler
 
 
-def plot_metrics(csv_path: Path, png_path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    with open(csv_path) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    keys = [k for k in rows[0] if k not in ("epoch", "seconds", "lr")]
-    epochs = [int(r["epoch"]) for r in rows]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
-    for ax, k in zip(np.atleast_1d(axes), keys):
-        ax.plot(epochs, [float(r[k]) for r in rows], marker="o", ms=3)
-        ax.set_title(k)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-
-
 ValMetric = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
 
@@ -216,7 +167,6 @@ def fit(data: SegData, train_idx: np.ndarray, val_idx: np.ndarray, cfg: TrainCon
     state), so an interrupted run ends where an uninterrupted one would.
     ``stop_after_epoch`` ends this call early (time-boxed training on a CPU).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = default_device()
@@ -232,23 +182,10 @@ def fit(data: SegData, train_idx: np.ndarray, val_idx: np.ndarray, cfg: TrainCon
                                                generator=g)
     val_loader = torch.utils.data.DataLoader(ArrayDataset(data, val_idx), batch_size=16)
     optimizer, scheduler = make_optimizer(model, cfg, len(train_loader))
-    csv_path, last_path, best_path = out_dir / "metrics.csv", out_dir / "last.pt", out_dir / "best.pt"
-    start_epoch, best = 0, math.inf if select_mode == "min" else -math.inf
-    if resume and last_path.is_file():
-        ck = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        start_epoch, best = ck["epoch"] + 1, ck["best"]
-        torch.set_rng_state(ck["torch_rng"])
-        g.set_state(ck["loader_rng"])
-        set_augment_state(augment, ck["aug_rng"])
-    elif csv_path.exists():
-        csv_path.unlink()
-    (out_dir / "config.json").write_text(json.dumps(
-        {**asdict(cfg), "params_total": count_parameters(model),
-         "params_trainable": count_parameters(model, trainable_only=True),
-         "n_train": int(len(train_idx)), "n_val": int(len(val_idx))}, indent=2))
+    run = RunFiles(out_dir, asdict(cfg), select_mode, model, optimizer, scheduler, g, augment)
+    start_epoch = run.start(resume, device, {
+        "params_total": count_parameters(model), "params_trainable": count_parameters(model, trainable_only=True),
+        "n_train": int(len(train_idx)), "n_val": int(len(val_idx))})
     row: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
@@ -257,29 +194,12 @@ def fit(data: SegData, train_idx: np.ndarray, val_idx: np.ndarray, cfg: TrainCon
         row = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
                **{k: round(float(v), 5) for k, v in val_metrics(probs, val_idx).items()},
                "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
-        score = row[select_key]
-        improved = score < best if select_mode == "min" else score > best
-        if improved:
-            best = score
-            torch.save({"model": model.state_dict(), "epoch": epoch, "config": asdict(cfg), "metrics": row},
-                       best_path)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
-                    "torch_rng": torch.get_rng_state(), "loader_rng": g.get_state(), "config": asdict(cfg),
-                    "aug_rng": augment_state(augment)},
-                   last_path)
-        new = not csv_path.exists()
-        with open(csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-        plot_metrics(csv_path, out_dir / "metrics.png")
+        run.end_epoch(epoch, row, row[select_key])
         if progress:
-            progress({**row, "best": best})
+            progress({**row, "best": run.best})
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
-    return {"best": best, "last": row}
+    return {"best": run.best, "last": row}
 
 
 class ProbabilityHead(nn.Module):
