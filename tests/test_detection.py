@@ -184,6 +184,23 @@ def test_metrics_on_scripted_detections(tmp_path):
     assert best["conf"] == 0.5 and best["f1_mean"] == pytest.approx(3 / 7)
 
 
+def test_metrics_by_origin_split_source_and_derived_images(tmp_path):
+    from dataclasses import replace
+    from fetalkit.evaluation.detection import by_origin
+    ds = small_set(tmp_path)  # im0: ps; im1: ps + fh; im2: ps; im3: negative
+    ds.samples[2] = replace(ds.samples[2], tags={"derived": "nofh"})
+    ds.samples[3] = replace(ds.samples[3], tags={"derived": "nops"})
+    found = [dets(np.column_stack([s.boxes_xyxy, np.ones(len(s.labels)), s.labels])) for s in ds.samples]
+    found[2] = dets([])                                   # the derived positive is missed
+    found[3] = dets([[1, 1, 20, 20, 0.9, 0]])             # a false positive on the derived negative
+    parts = by_origin(ds, found, found, conf=0.5)
+    src, der = parts["source_images"], parts["derived_images"]
+    assert (src["n_images"], der["n_images"], der["n_negative_images"]) == (2, 2, 1)
+    assert src["recall_ps"] == 1.0 and src["precision_ps"] == 1.0 and src["ap_ps"] == pytest.approx(1.0)
+    assert der["recall_ps"] == 0.0 and der["fppi_ps"] == 1.0
+    assert by_origin(ds.subset([0, 1]), found[:2], found[:2], 0.5) == {}  # no derived images: nothing to split
+
+
 def test_nms_per_class_and_iou():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], np.float32)
     scores = np.array([[0.9, 0.0], [0.8, 0.7], [0.1, 0.6]], np.float32)

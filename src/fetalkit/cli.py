@@ -369,9 +369,12 @@ def eval_detector_cmd(
     if card and det.card:
         from fetalkit.training.export import update_card
         keys = ("ap", "ap50", "precision", "recall", "f1", "fppi")
-        update_card(det.path, "metrics", {f"{split}_{k}": round(float(v), 4) for k, v in s.items()
-                                          if k.startswith(keys) and isinstance(v, (int, float))}
-                    | {f"{split}_n_images": s["n_images"]})
+        figures = {f"{split}_{k}": round(float(v), 4) for k, v in s.items()
+                   if k.startswith(keys) and isinstance(v, (int, float))} | {f"{split}_n_images": s["n_images"]}
+        for part in ("source_images", "derived_images"):
+            figures |= {f"{split}_{part}_{k}": round(float(v), 4) for k, v in s.get(part, {}).items()
+                        if k.startswith(keys + ("n_images",)) and isinstance(v, (int, float))}
+        update_card(det.path, "metrics", figures)
         if result:
             if split != "val":
                 console.print("[yellow]operating point not stored: choose it on the val split, not on "
@@ -391,6 +394,15 @@ def eval_detector_cmd(
                   f"({s[f'negatives_{c}']} negatives)")
     out.print(f"{'all':18s} AP {s['ap']:.4f}  AP50 {s['ap50']:.4f}  P {s['precision']:.4f}  R {s['recall']:.4f}  "
               f"F1 {s['f1']:.4f}  FPPI {s['fppi']:.4f}")
+    for part, what in (("source_images", "source images (derived excluded)"),
+                       ("derived_images", "derived images (one structure blanked)")):
+        if part in s:
+            p = s[part]
+            out.print(f"{what}: {p['n_images']} images, {p['n_negative_images']} without any box")
+            for c in ds.categories:
+                out.print(f"  {c:16s} AP {p[f'ap_{c}']:.4f}  AP50 {p[f'ap50_{c}']:.4f}  P {p[f'precision_{c}']:.4f}  "
+                          f"R {p[f'recall_{c}']:.4f}  F1 {p[f'f1_{c}']:.4f}  FPPI {p[f'fppi_{c}']:.4f} "
+                          f"({p[f'negatives_{c}']} negatives)")
     if result:
         b = result["best"]
         out.print(f"best operating point: conf {b['conf']:.3f}, NMS IoU {b['iou']:.2f} (mean label F1 {b['f1_mean']:.4f}); "

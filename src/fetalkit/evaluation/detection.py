@@ -172,6 +172,27 @@ def model_label_map(model_classes: list[str], categories: list[str], where: str)
     return np.array([index.get(c, -1) for c in model_classes], np.int64)
 
 
+def by_origin(ds: DetSet, ap_dets: list[ImageDetections], op_dets: list[ImageDetections], conf: float) -> dict:
+    """The same metrics on the source images and on the derived ones, when the set has both.
+
+    Derived images (``tags["derived"]``, e.g. PSFHS scans with one structure blanked out,
+    see :mod:`fetalkit.detection.sources`) exist to provide negatives; their remaining
+    boxes are cut at the blanked edge, which no real scan shows. AP and label F1 of the
+    real task are those of the source images (``source_images``); FPPI comes from the
+    negatives, most of which are derived (``derived_images``).
+    """
+    derived = np.array(["derived" in s.tags for s in ds.samples], bool)
+    if not derived.any() or derived.all():
+        return {}
+    out = {}
+    for name, mask in (("source_images", ~derived), ("derived_images", derived)):
+        idx = np.flatnonzero(mask)
+        sub = ds.subset(idx)
+        out[name] = {"n_images": int(len(idx)), "n_negative_images": sum(s.is_negative for s in sub.samples),
+                     **coco_ap(sub, [ap_dets[i] for i in idx]), **label_metrics(sub, [op_dets[i] for i in idx], conf)}
+    return out
+
+
 def evaluate_detector(ds: DetSet, detector, conf: float | None = None, iou: float | None = None,
                       sweep: bool = False, progress=None) -> dict:
     """COCO AP, label P / R / F1 / FPPI at the operating point, and optionally the sweep.
@@ -202,7 +223,9 @@ def evaluate_detector(ds: DetSet, detector, conf: float | None = None, iou: floa
     iou = op["iou"] if iou is None else iou
     summary: dict = {"n_images": len(ds.samples), "n_negative_images": sum(s.is_negative for s in ds.samples),
                      "conf": conf, "iou": iou, **coco_ap(ds, run(AP_CONF, iou))}
-    summary.update(label_metrics(ds, run(conf, iou), conf))
+    op_dets = run(conf, iou)
+    summary.update(label_metrics(ds, op_dets, conf))
+    summary.update(by_origin(ds, run(AP_CONF, iou), op_dets, conf))
     if sweep:
         result = sweep_operating_points(ds, {u: run(float(SWEEP_CONFS[0]), u) for u in SWEEP_IOUS}, SWEEP_CONFS)
         summary["sweep_best"] = result["best"]
