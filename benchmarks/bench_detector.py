@@ -4,10 +4,14 @@ All three paths do letterbox -> network -> per-class NMS on one image at a time;
 torch path runs the same trained network (the checkpoint) in eager mode.
 
     python benchmarks/bench_detector.py --model M.onnx [--int8 M-int8.onnx] [--checkpoint best.pt]
-        [--data COCO_DIR --split test] [--n 200] [--threads 2] [--update-card]
+        [--peer OTHER.onnx] [--data COCO_DIR --split test] [--n 200] [--threads 2] [--update-card]
 
 Prints ms/image, images/s and the ratio against torch eager (and INT8 against FP32),
 and, with --data, AP[.5:.95] per class of FP32 and INT8 on the same images.
+``--peer`` times another ONNX detector the runtime accepts (e.g. a YOLO11n exported by
+Ultralytics) in the same run: letterbox + network + box decoding, without NMS, for it
+and for the models above (an untrained export has the trained one's speed, but its
+random scores would make NMS time meaningless).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="FP32 detector (.onnx or bundled name)")
     ap.add_argument("--int8", default=None, help="INT8 detector (.onnx or bundled name)")
     ap.add_argument("--checkpoint", default=None, help="The run's best.pt, for the torch eager path")
+    ap.add_argument("--peer", default=None, help="Another ONNX detector (e.g. YOLO11n), timed without NMS")
     ap.add_argument("--data", default=None, help="Label set for images and AP (default: PSFHS images)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--seed", type=int, default=0)
@@ -91,6 +96,16 @@ def main() -> None:
     print(f"{'path':20s} {'ms/image':>9s} {'images/s':>9s} {'vs ' + rows[0][0]:>18s} {'vs FP32':>8s}")
     for name, ms, r in rows:
         print(f"{name:20s} {ms:9.2f} {r:9.1f} {r / base:18.2f} {r / fp32_rate:8.2f}")
+
+    if args.peer:
+        peer = OnnxDetector(args.peer, threads=args.threads)
+        nets = [(fp32.path.name, fp32), *([(int8.path.name, int8)] if int8 else []), (peer.path.name + " (peer)", peer)]
+        net_rows = [(name, *timed(det.candidates, images)) for name, det in nets]
+        print(f"letterbox + network + box decoding (no NMS), {args.threads} threads; peer {peer.path.name}: "
+              f"input {peer.spec.size}x{peer.spec.size}, layout {peer.spec.layout}")
+        print(f"{'model':40s} {'ms/image':>9s} {'images/s':>9s} {'vs peer':>8s}")
+        for name, ms, r in net_rows:
+            print(f"{name:40s} {ms:9.2f} {r:9.1f} {r / net_rows[-1][2]:8.2f}")
 
     aps = {}
     if ds is not None:
