@@ -54,3 +54,20 @@ def test_evaluate_rules_and_breakdown():
     per_seq = sequence_breakdown([seq, never], [dets, [ImageDetections.empty()] * 16])
     assert [r["source"] for r in per_seq] == ["scan.png", "never.png"]
     assert [(r["fn_detector"], r["fn_held"], r["rarely_found"]) for r in per_seq] == [(6, 0, False), (10, 10, True)]
+
+
+def test_sequences_take_targets_from_source_images_only(tmp_path):
+    from fetalkit.detection.boxes import DetSample, DetSet
+    from fetalkit.evaluation.video import build_sequences
+    from fetalkit.io.images import write_image
+    image = head_phantom(seed=3).image
+    h, w = image.shape
+    samples = []
+    for name, tags, has_box in (("a.png", {}, True), ("a_nofh.png", {"derived": "nofh"}, True),
+                                ("b_nops.png", {"derived": "nops"}, False)):
+        path = write_image(tmp_path / name, image)
+        boxes = BOX[None].astype(np.float32) if has_box else np.zeros((0, 4), np.float32)
+        samples.append(DetSample(name, path, w, h, boxes, np.zeros(len(boxes), np.int64), "g", tags))
+    seqs = build_sequences(DetSet(["ps"], samples), "ps", n_sequences=5, n_frames=12)
+    assert [s.source for s in seqs] == ["a.png"]  # the derived positive is not a target source
+    assert len(seqs[0].frames) == 12 and any(b is not None for b in seqs[0].target_boxes)

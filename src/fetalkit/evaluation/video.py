@@ -128,17 +128,22 @@ def plot_tradeoff(rows: list[dict], png_path) -> None:
 def build_sequences(ds, category: str, n_sequences: int, n_frames: int, seed: int = 0,
                     progress=None) -> list[Sequence]:
     """Sequences from a detection set: each from one image holding ``category`` (its box is the
-    target), with cut-aways from the set's images without it."""
+    target), with cut-aways from the set's images without it.
+
+    Targets come from source images only: a derived image (``tags["derived"]``, a scan with
+    a structure blanked out to make a negative) shows its remaining structures cut at the
+    blanked edge, which a real scan never does; derived images still serve as cut-aways.
+    """
     from fetalkit.errors import DataError
     from fetalkit.io.images import read_gray
     from fetalkit.synth.sequences import make_sequence
     if category not in ds.categories:
         raise DataError(f"category {category!r} is not in the label set ({', '.join(ds.categories)})")
     k = ds.categories.index(category)
-    pos = [s for s in ds.samples if (s.labels == k).sum() == 1]
+    pos = [s for s in ds.samples if (s.labels == k).sum() == 1 and "derived" not in s.tags]
     neg = [s for s in ds.samples if not (s.labels == k).any()]
     if not pos:
-        raise DataError(f"no image with exactly one {category!r} box in this split")
+        raise DataError(f"no source image (not derived) with exactly one {category!r} box in this split")
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(pos), size=min(n_sequences, len(pos)), replace=False)
     cut_pool = [read_gray(neg[i].image_path) for i in rng.choice(len(neg), size=min(len(neg), 40), replace=False)] \
