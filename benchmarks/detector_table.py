@@ -3,7 +3,9 @@ parameters and ms/image for trained detector runs, on the held-out split.
 
 Every run is scored the same way with torch (torchvision's own postprocessing, NMS 0.6):
 AP on the test part; the confidence for P / R / F1 is chosen on the val part (best mean
-label F1), then applied to test.  ms/image is single-image torch eager on 2 threads;
+label F1), then applied to test. When the set has derived images (PSFHS negatives),
+AP / P / R / F1 are those of the source images and FPPI that of the derived ones, as in
+``fetalkit eval detector``.  ms/image is single-image torch eager on 2 threads;
 ``--onnx RUN=FILE`` adds onnxruntime timings for runs that were exported.
 
     python benchmarks/detector_table.py --data COCO_DIR --runs runs/det_fcos runs/det_frcnn \
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from fetalkit.detection.formats import read_detection_set
-from fetalkit.evaluation.detection import SWEEP_CONFS, coco_ap, label_metrics, sweep_operating_points
+from fetalkit.evaluation.detection import SWEEP_CONFS, by_origin, coco_ap, label_metrics, sweep_operating_points
 from fetalkit.training.detect import load_detector_checkpoint, load_letterboxed, predict_torch, split_indices
 from fetalkit.training.models import count_parameters
 
@@ -61,6 +63,12 @@ def main() -> None:
         test_dets = predict_torch(model, data, test_idx, torch.device("cpu"))
         apm = coco_ap(test_set, test_dets)
         lm = label_metrics(test_set, test_dets, best["conf"])
+        parts = by_origin(test_set, test_dets, test_dets, best["conf"])
+        if parts:  # AP / P / R / F1 of the source scans, FPPI of the derived negatives (as eval detector)
+            src, der = parts["source_images"], parts["derived_images"]
+            apm = {k: v for k, v in src.items() if k.startswith("ap")}
+            lm = {k: v for k, v in src.items() if not k.startswith(("fppi", "negatives"))} | \
+                {k: v for k, v in der.items() if k.startswith("fppi")}
         images = [torch.from_numpy(data.images[i].astype(np.float32) / 255.0)[None] for i in test_idx[: args.n_timing]]
         with torch.inference_mode():
             ms_torch = ms_per_image(lambda x: model([x]), images)
