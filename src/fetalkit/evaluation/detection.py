@@ -222,13 +222,14 @@ def evaluate_detector(ds: DetSet, detector, conf: float | None = None, iou: floa
     conf = op["conf"] if conf is None else conf
     iou = op["iou"] if iou is None else iou
     summary: dict = {"n_images": len(ds.samples), "n_negative_images": sum(s.is_negative for s in ds.samples),
-                     "conf": conf, "iou": iou, **coco_ap(ds, run(AP_CONF, iou))}
-    op_dets = run(conf, iou)
+                     "conf": conf, "iou": iou}
+    ap_dets, op_dets = run(AP_CONF, iou), run(conf, iou)
+    summary.update(coco_ap(ds, ap_dets))
     summary.update(label_metrics(ds, op_dets, conf))
-    summary.update(by_origin(ds, run(AP_CONF, iou), op_dets, conf))
+    summary.update(by_origin(ds, ap_dets, op_dets, conf))
     if sweep:
         result = sweep_operating_points(ds, {u: run(float(SWEEP_CONFS[0]), u) for u in SWEEP_IOUS}, SWEEP_CONFS)
         summary["sweep_best"] = result["best"]
         summary["_sweep"] = result
-    summary["_detections"] = run(conf, iou)
+    summary["_detections"] = op_dets
     return summary
