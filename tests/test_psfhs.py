@@ -215,3 +215,18 @@ def test_real_dataset_labels_and_split():
         assert image.shape == label.shape == (256, 256)
         assert set(np.unique(label).tolist()) <= {0, 1, 2}
     _check_split([i.image_id for i in items])
+
+
+def test_psfhs_detection_set_alternates_or_derives_both_negatives(tmp_path):
+    from fetalkit.detection.sources import psfhs_detection_set
+    _fake_psfhs(tmp_path, ["00001", "00002"])
+    alternate, pixels = psfhs_detection_set(tmp_path)
+    assert [s.tags.get("derived") for s in alternate.samples] == [None, "nofh", None, "nops"]
+    both, pixels = psfhs_detection_set(tmp_path, both_negatives=True)
+    names = [s.file_name for s in both.samples]
+    assert names == ["00001.png", "00001_nops.png", "00001_nofh.png",
+                     "00002.png", "00002_nops.png", "00002_nofh.png"]
+    assert set(pixels) == {n for n in names if "_no" in n}
+    groups = {s.file_name[:5]: s.group for s in both.samples}
+    assert all(s.group == groups[s.file_name[:5]] for s in both.samples)  # derived stay with their source
+    assert all(0 not in s.labels for s in both.samples if s.tags.get("derived") == "nops")

@@ -730,6 +730,7 @@ def data_boxes_cmd(src: Path = typer.Argument(..., help="PSFHS or HC18 folder (b
                    out_dir: Path = typer.Option(..., "--out", help="New output folder (refused if it exists)."),
                    square: bool = typer.Option(False, help="Make every box a square around its object (box shape then leaks nothing)."),
                    negatives: bool = typer.Option(True, help="PSFHS: add one derived negative per image (see fetalkit.detection.sources)."),
+                   both_negatives: bool = typer.Option(False, help="PSFHS: derive both negatives (no symphysis, no head) from every image instead of alternating."),
                    copy_images: bool = typer.Option(True, help="Copy the images into OUT/images (label files only with --no-copy-images).")):
     """Convert detection labels between formats, or derive boxes from segmentation labels."""
     from rich.progress import Progress
@@ -739,7 +740,8 @@ def data_boxes_cmd(src: Path = typer.Argument(..., help="PSFHS or HC18 folder (b
         fail(f"--format must be coco or yolo, got {fmt!r}")
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("reading labels", total=None)
-        ds, pixels = source_set(src, square, negatives, progress=lambda i, n: bar.update(task, completed=i, total=n))
+        ds, pixels = source_set(src, square, negatives, progress=lambda i, n: bar.update(task, completed=i, total=n),
+                                both_negatives=both_negatives)
         bar.update(task, description="writing")
         write_detection_set(ds, out_dir, fmt, pixels, copy_images)
     counts = ds.counts()

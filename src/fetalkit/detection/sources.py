@@ -10,6 +10,9 @@ could learn to recognise):
 * ``_nofh`` (odd ids): rows from 3 px above the FH top down are blanked; the PS box is
   clipped likewise.  A negative for ``fetal_head``.
 
+With ``both_negatives`` every image gives both, which doubles the negatives an FPPI
+is measured on (one false box in 99 negatives is already FPPI 0.0101).
+
 Each derived image keeps the split group of its source, so it never crosses a split.
 """
 
@@ -60,7 +63,7 @@ def psfhs_negative(image: np.ndarray, label: np.ndarray, remove: int) -> tuple[n
 
 
 def psfhs_detection_set(root: str | Path, negatives: bool = True, square: bool = False,
-                        progress=None) -> tuple[DetSet, dict[str, np.ndarray]]:
+                        progress=None, both_negatives: bool = False) -> tuple[DetSet, dict[str, np.ndarray]]:
     """PSFHS as a detection set (boxes from the label maps) plus the pixels of derived negatives."""
     items = list_psfhs(root)
     groups = psfhs_groups([it.image_id for it in items])
@@ -72,8 +75,13 @@ def psfhs_detection_set(root: str | Path, negatives: bool = True, square: bool =
         if square:
             boxes = square_boxes(boxes, w, h)
         samples.append(DetSample(f"{it.image_id}.png", it.image_path, w, h, boxes, labels, str(group)))
-        if negatives:
-            remove, tag = (PS_LABEL, "nops") if int(it.image_id) % 2 == 0 else (FH_LABEL, "nofh")
+        if not negatives:
+            kinds = []
+        elif both_negatives:
+            kinds = [(PS_LABEL, "nops"), (FH_LABEL, "nofh")]
+        else:
+            kinds = [(PS_LABEL, "nops") if int(it.image_id) % 2 == 0 else (FH_LABEL, "nofh")]
+        for remove, tag in kinds:
             neg, nb, nl = psfhs_negative(image, label, remove)
             if square:
                 nb = square_boxes(nb, w, h)
@@ -103,13 +111,13 @@ def hc18_detection_set(root: str | Path, square: bool = False, progress=None) ->
 
 
 def source_set(src: str | Path, square: bool = False, negatives: bool = True,
-               progress=None) -> tuple[DetSet, dict[str, np.ndarray]]:
+               progress=None, both_negatives: bool = False) -> tuple[DetSet, dict[str, np.ndarray]]:
     """Any detection source: a PSFHS or HC18 folder (boxes from their labels), or a COCO / YOLO /
     CVAT label set.  Returns the set and the pixels of images made in memory."""
     from fetalkit.detection.formats import read_detection_set
     p = Path(src)
     if (p / "label").is_dir() or (p / "label_mha").is_dir():
-        return psfhs_detection_set(p, negatives, square, progress)
+        return psfhs_detection_set(p, negatives, square, progress, both_negatives)
     if (p / "training_set").is_dir() or p.name == "training_set":
         return hc18_detection_set(p, square, progress), {}
     ds = read_detection_set(p)
