@@ -4,9 +4,10 @@ All three paths do letterbox -> network -> per-class NMS on one image at a time;
 torch path runs the same trained network (the checkpoint) in eager mode.
 
     python benchmarks/bench_detector.py --model M.onnx [--int8 M-int8.onnx] [--checkpoint best.pt]
-        [--peer OTHER.onnx] [--data COCO_DIR --split test] [--n 200] [--threads 2] [--update-card]
+        [--peer OTHER.onnx] [--data COCO_DIR --split test] [--n 200] [--threads 2] [--rounds 5] [--update-card]
 
-Prints ms/image, images/s and the ratio against torch eager (and INT8 against FP32),
+The paths take turns over ``--rounds`` passes; prints median ms/image, images/s and the
+ratio against torch eager (and INT8 against FP32),
 and, with --data, AP[.5:.95] per class of FP32 and INT8 on the same images.
 ``--peer`` times another ONNX detector the runtime accepts (e.g. a YOLO11n exported by
 Ultralytics) in the same run: letterbox + network + box decoding, without NMS, for it
@@ -26,17 +27,25 @@ from fetalkit.io.images import read_gray
 from fetalkit.runtime.detector import OnnxDetector, nms_per_class
 
 
-def timed(fn, images, warmup=5) -> tuple[float, float]:
-    """(median ms per image, images/s over the whole pass)."""
-    for im in images[:warmup]:
-        fn(im)
-    times = []
-    t0 = time.perf_counter()
-    for im in images:
-        t = time.perf_counter()
-        fn(im)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1000), len(images) / (time.perf_counter() - t0)
+def timed(fns: dict, images, rounds: int, warmup=5) -> dict:
+    """Per path: (median ms per image, median images/s over the rounds).
+
+    The paths take turns, one pass over the images each per round, so a slow spell of
+    this shared machine hits them all alike and the ratios stay comparable."""
+    for fn in fns.values():
+        for im in images[:warmup]:
+            fn(im)
+    times = {name: [] for name in fns}
+    rates = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for im in images:
+                t = time.perf_counter()
+                fn(im)
+                times[name].append(time.perf_counter() - t)
+            rates[name].append(len(images) / (time.perf_counter() - t0))
+    return {name: (float(np.median(times[name]) * 1000), float(np.median(rates[name]))) for name in fns}
 
 
 def main() -> None:
@@ -50,6 +59,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="Interleaved passes per path (medians reported)")
     ap.add_argument("--update-card", action="store_true", help="Store speed (and INT8 AP) in the model cards.")
     args = ap.parse_args()
 
@@ -69,7 +79,7 @@ def main() -> None:
         paths = sorted((dataset_dir("psfhs") / "image").glob("*.png"))
     images = [read_gray(p) for p in paths[: args.n]]
     op = fp32.operating_point
-    rows = []
+    fns = {}
 
     if args.checkpoint:
         import torch
@@ -84,14 +94,16 @@ def main() -> None:
             with torch.inference_mode():
                 b, s = net(torch.from_numpy(x))
             return nms_per_class(b[0].numpy() / scale, s[0].numpy(), op["conf"], op["iou"])
-        rows.append(("torch eager", *timed(torch_detect, images)))
-    rows.append(("onnxruntime FP32", *timed(fp32.detect, images)))
+        fns["torch eager"] = torch_detect
+    fns["onnxruntime FP32"] = fp32.detect
     if int8:
-        rows.append(("onnxruntime INT8", *timed(int8.detect, images)))
+        fns["onnxruntime INT8"] = int8.detect
+    rows = [(name, *v) for name, v in timed(fns, images, args.rounds).items()]
 
     base = rows[0][2]
     fp32_rate = next(r[2] for r in rows if r[0] == "onnxruntime FP32")
-    print(f"{fp32.path.name}: input {fp32.spec.size}x{fp32.spec.size}, {len(images)} images, {args.threads} threads, "
+    print(f"{fp32.path.name}: input {fp32.spec.size}x{fp32.spec.size}, {len(images)} images x {args.rounds} rounds, "
+          f"{args.threads} threads, "
           f"conf {op['conf']}, NMS IoU {op['iou']}")
     print(f"{'path':20s} {'ms/image':>9s} {'images/s':>9s} {'vs ' + rows[0][0]:>18s} {'vs FP32':>8s}")
     for name, ms, r in rows:
@@ -100,7 +112,7 @@ def main() -> None:
     if args.peer:
         peer = OnnxDetector(args.peer, threads=args.threads)
         nets = [(fp32.path.name, fp32), *([(int8.path.name, int8)] if int8 else []), (peer.path.name + " (peer)", peer)]
-        net_rows = [(name, *timed(det.candidates, images)) for name, det in nets]
+        net_rows = [(name, *v) for name, v in timed({n: d.candidates for n, d in nets}, images, args.rounds).items()]
         print(f"letterbox + network + box decoding (no NMS), {args.threads} threads; peer {peer.path.name}: "
               f"input {peer.spec.size}x{peer.spec.size}, layout {peer.spec.layout}")
         print(f"{'model':40s} {'ms/image':>9s} {'images/s':>9s} {'vs peer':>8s}")

@@ -98,6 +98,13 @@ def test_export_parity_int8_and_runtime(trained, blob_set, tmp_path):
     assert json.loads((tmp_path / "det-int8.json").read_text())["precision"] == "int8"
     qb, qs = q.candidates(image)
     assert qs.shape == scores.shape and np.abs(qs - scores).mean() < 0.05
+    # the box decoding reads float tensors only (8-bit anchors would step by about 1 px)
+    import onnx
+    from fetalkit.training.export import is_decode_tail
+    graph = onnx.load(str(tmp_path / "det-int8.onnx")).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    tail = [n for n in graph.node if is_decode_tail(n.name) and n.op_type in ("Add", "Mul", "Sub", "Gather")]
+    assert tail and not [n.name for n in tail if dequantized & set(n.input)]
 
 
 def test_eval_detect_and_sweep_cli(trained, blob_set, tmp_path):
