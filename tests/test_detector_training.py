@@ -61,6 +61,21 @@ def test_training_writes_run_files(trained):
     assert parts == {"train", "val", "test"}
 
 
+def test_split_seed_keeps_the_split_under_another_seed(trained, blob_set, tmp_path):
+    same = tmp_path / "same"
+    res = fetalkit("train", "detector", "--data", blob_set, "--out", same, "--epochs", "1", "--batch-size", "8",
+                   "--size", "128", "--init", "random", "--seed", "1", "--split-seed", "0")
+    assert res.returncode == 0, res.stderr
+    assert (same / "split.txt").read_text() == (trained / "split.txt").read_text()
+    from fetalkit.datasets.splits import select_split
+    from fetalkit.detection.formats import read_detection_set
+    groups = read_detection_set(blob_set).groups()
+    assert list(select_split(groups, "test", 1)) != list(select_split(groups, "test", 0))  # seed 1 alone would differ
+    assert fetalkit("export", "detector", same / "best.pt", "--out", tmp_path / "d.onnx").returncode == 0
+    card = json.loads((tmp_path / "d.json").read_text())
+    assert card["split"]["seed"] == 0 and card["train"]["seed"] == 1
+
+
 def test_training_resumes_exactly(blob_set, tmp_path):
     from fetalkit.detection.formats import read_detection_set
     from fetalkit.training.detect import DetTrainConfig, fit, load_letterboxed, split_indices

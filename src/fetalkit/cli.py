@@ -109,7 +109,8 @@ def train_head_seg_cmd(
     lr: float = typer.Option(2e-3, help="Peak one-cycle learning rate (the pretrained encoder gets lr/3)."),
     input_h: int = typer.Option(176, help="Model input height (a multiple of 32)."),
     input_w: int = typer.Option(256, help="Model input width (a multiple of 32)."),
-    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the augmentation."),
+    seed: int = typer.Option(0, help="Seed of the initialisation, the augmentation and (unless --split-seed) the split."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed); keep it to retrain with another --seed on the same split."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
 ):
@@ -117,7 +118,7 @@ def train_head_seg_cmd(
     _needs_training_extra()
     from fetalkit.training.segment import TrainConfig
     cfg = TrainConfig(arch=arch, init=init, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr,
-                      seed=seed, input_hw=(input_h, input_w), threads=threads)
+                      seed=seed, input_hw=(input_h, input_w), threads=threads, split_seed=split_seed)
     _train_segmenter("head-seg", data, out_dir, cfg, resume)
 
 
@@ -132,7 +133,8 @@ def train_psfhs_seg_cmd(
     batch_size: int = typer.Option(8, min=1),
     lr: float = typer.Option(2e-3, help="Peak one-cycle learning rate (the pretrained encoder gets lr/3)."),
     input_size: int = typer.Option(256, help="Model input height = width (a multiple of 32)."),
-    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the augmentation."),
+    seed: int = typer.Option(0, help="Seed of the initialisation, the augmentation and (unless --split-seed) the split."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed); keep it to retrain with another --seed on the same split."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
 ):
@@ -141,7 +143,8 @@ def train_psfhs_seg_cmd(
     from fetalkit.training.segment import TrainConfig
     # No horizontal flip: in PSFHS the caudal end of the symphysis is on the right, and AoP depends on it.
     cfg = TrainConfig(arch=arch, init=init, strategy=strategy, epochs=epochs, batch_size=batch_size, lr=lr,
-                      seed=seed, input_hw=(input_size, input_size), threads=threads, hflip=False)
+                      seed=seed, input_hw=(input_size, input_size), threads=threads, hflip=False,
+                      split_seed=split_seed)
     _train_segmenter("psfhs-seg", data, out_dir, cfg, resume)
 
 
@@ -156,7 +159,8 @@ def train_detector_cmd(
     lr: float = typer.Option(2e-3, help="Peak one-cycle learning rate (the pretrained trunk gets lr/3)."),
     size: int = typer.Option(256, help="Square letterboxed input size (a multiple of 32)."),
     hflip: bool = typer.Option(True, help="Horizontal flip augmentation (also mimics an inverted probe)."),
-    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the augmentation."),
+    seed: int = typer.Option(0, help="Seed of the initialisation, the augmentation and (unless --split-seed) the split."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed); keep it to retrain with another --seed on the same split."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
 ):
@@ -167,7 +171,7 @@ def train_detector_cmd(
     if size % 32 or size < 128:
         fail(f"--size must be a multiple of 32 and at least 128 (the coarsest level needs 2 x 2 cells), got {size}")
     cfg = DetTrainConfig(arch=arch, init=init, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         threads=threads, hflip=hflip)
+                         threads=threads, hflip=hflip, split_seed=split_seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
     with Progress(console=console) as bar:
@@ -189,7 +193,7 @@ def eval_head_seg_cmd(
     data: Path = typer.Option(None, "--data", help="HC18 folder. Default: $FETALKIT_DATA/hc18."),
     model: str = typer.Option(None, "--model", help="Bundled model name or .onnx path (default: the bundled head model)."),
     split: str = typer.Option("test", help="Part of the subject-level split: test (held out), val, train or all."),
-    seed: int = typer.Option(0, help="Split seed (the one used for training)."),
+    seed: int = typer.Option(0, help="Split seed (the training's --split-seed, else its --seed)."),
     out_dir: Path = typer.Option(None, "--out", help="Folder for per_image.csv and summary.json."),
     limit: int = typer.Option(0, help="Score only the first N images of the split (0 = all)."),
     card: bool = typer.Option(False, "--update-card", help="Store the figures in the model's card."),
@@ -261,7 +265,7 @@ def eval_psfhs_seg_cmd(
     data: Path = typer.Option(None, "--data", help="PSFHS folder. Default: $FETALKIT_DATA/psfhs."),
     model: str = typer.Option(None, "--model", help="Bundled model name or .onnx path (default: the bundled PSFHS model)."),
     split: str = typer.Option("test", help="Part of the id-block split: test (held out), val, train or all."),
-    seed: int = typer.Option(0, help="Split seed (the one used for training)."),
+    seed: int = typer.Option(0, help="Split seed (the training's --split-seed, else its --seed)."),
     out_dir: Path = typer.Option(None, "--out", help="Folder for per_image.csv and summary.json."),
     limit: int = typer.Option(0, help="Score only the first N images of the split (0 = all)."),
     card: bool = typer.Option(False, "--update-card", help="Store the figures in the model's card."),
@@ -329,7 +333,7 @@ def eval_detector_cmd(
     model: str = typer.Option(None, "--model", help="Bundled detector name or .onnx path (default: the bundled PSFHS detector)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for summary.json, detections.json and f1_curve.png."),
     split: str = typer.Option("all", help="Score part of the group split (train / val / test, as in training) or all."),
-    seed: int = typer.Option(0, help="Split seed (the one used for training)."),
+    seed: int = typer.Option(0, help="Split seed (the training's --split-seed, else its --seed)."),
     conf: float = typer.Option(None, help="Confidence threshold (default: the model's stored operating point)."),
     iou: float = typer.Option(None, help="NMS IoU (default: the model's stored operating point)."),
     sweep: bool = typer.Option(False, help="Sweep confidence x NMS IoU for the best label F1; plot F1 vs confidence."),

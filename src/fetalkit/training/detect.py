@@ -41,6 +41,11 @@ class DetTrainConfig:
     threads: int = 2
     hflip: bool = True                # also mimics an inverted probe (FPUS23)
     categories: list[str] = field(default_factory=list)
+    split_seed: Optional[int] = None  # None: ``seed`` (another seed then trains on the same split)
+
+    @property
+    def data_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 @dataclass
@@ -209,7 +214,7 @@ def train_detector(data_dir: Path, out_dir: Path, cfg: DetTrainConfig, resume: b
     if not any(len(s.labels) for s in ds.samples):
         raise DataError(f"{data_dir}: the label set has no boxes at all; a detector needs labelled objects")
     cfg.categories = list(ds.categories)
-    train_idx, val_idx, test_idx = split_indices(ds, cfg.seed)
+    train_idx, val_idx, test_idx = split_indices(ds, cfg.data_split_seed)
     if not len(train_idx) or not len(val_idx):
         raise DataError(f"{data_dir}: too few groups ({len(set(ds.groups()))}) to split into train / val / test")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,11 @@ TASK_DATA = {
 }
 
 
+
+def _split_seed(cfg: dict) -> int:
+    """The split seed of a run config (``split_seed``, or the training seed when unset)."""
+    return cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
+
 def split_counts(run_dir: Path) -> dict:
     """Images per part of the run's split (from ``split.txt``: ``image_id,part`` lines)."""
     counts: dict[str, int] = {}
@@ -50,7 +55,7 @@ def export_segmenter(checkpoint: Path, task: str, out_path: Path, name: str | No
         "train": {"epochs": cfg["epochs"], "best_epoch": ck["epoch"], "seed": cfg["seed"], "lr": cfg["lr"],
                   "batch_size": cfg["batch_size"], "command": command,
                   "val_metrics": {k: v for k, v in ck.get("metrics", {}).items() if k.startswith("val_")}},
-        "data": TASK_DATA[task], "split": {"seed": cfg["seed"], **split_counts(run_dir)},
+        "data": TASK_DATA[task], "split": {"seed": _split_seed(cfg), **split_counts(run_dir)},
         "metrics": {},
     }
     write_card(out_path, card)
@@ -104,7 +109,7 @@ def export_detector(checkpoint: Path, out_path: Path, name: str | None = None) -
         "train": {"epochs": cfg.epochs, "best_epoch": ck["epoch"], "seed": cfg.seed, "lr": cfg.lr,
                   "batch_size": cfg.batch_size, "size": cfg.size, "command": command,
                   "val_metrics": {k: v for k, v in ck.get("metrics", {}).items() if k.startswith("val_")}},
-        "split": {"seed": cfg.seed, **split_counts(run_dir)},
+        "split": {"seed": cfg.data_split_seed, **split_counts(run_dir)},
         "metrics": {},
     }
     write_card(out_path, card)

@@ -98,7 +98,7 @@ def score_head_probabilities(hs: HeadSet, probs: np.ndarray, idx: np.ndarray) ->
 def train_head_seg(root: Path, out_dir: Path, cfg: TrainConfig, resume: bool = True,
                    progress=None, load_progress=None) -> dict:
     hs = load_head_set(root, tuple(cfg.input_hw), load_progress)
-    tr, va, te = split_head_set(hs, cfg.seed if cfg.extra.get("split_seed") is None else cfg.extra["split_seed"])
+    tr, va, te = split_head_set(hs, cfg.data_split_seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "split.txt").write_text(
         "".join(f"{hs.image_ids[i]},{part}\n" for part, ids in (("train", tr), ("val", va), ("test", te)) for i in ids))

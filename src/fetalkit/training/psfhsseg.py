@@ -85,7 +85,7 @@ def score_psfhs_probabilities(ps: PsfhsSet, probs: np.ndarray, idx: np.ndarray) 
 def train_psfhs_seg(root: Path, out_dir: Path, cfg: TrainConfig, resume: bool = True, progress=None,
                     load_progress=None, stop_after_epoch: Optional[int] = None) -> dict:
     ps = load_psfhs_set(root, tuple(cfg.input_hw), load_progress)
-    tr, va, te = split_psfhs_set(ps, cfg.seed)
+    tr, va, te = split_psfhs_set(ps, cfg.data_split_seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "split.txt").write_text(
         "".join(f"{ps.image_ids[i]},{part}\n" for part, ids in (("train", tr), ("val", va), ("test", te)) for i in ids))

@@ -51,6 +51,11 @@ class TrainConfig:
     threads: int = 2
     hflip: bool = True                  # off where left/right carries anatomy (PSFHS: caudal is right)
     extra: dict = field(default_factory=dict)
+    split_seed: Optional[int] = None    # None: ``seed`` (another seed then trains on the same split)
+
+    @property
+    def data_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 def build_augment(seed: int, hflip: bool = True):
