@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from typing import Hashable, Optional, Sequence
 
 import numpy as np
 
@@ -75,3 +75,8 @@ def select_split(groups: Sequence[Hashable], split: str, seed: int = 0, val_frac
         raise ValueError(f"unknown split {split!r}; use train, val, test or all")
     parts = train_val_test_split(groups, val_fraction, test_fraction, seed)
     return parts[SPLIT_PARTS.index(split)]
+
+
+def split_seed_of(seed: int, split_seed: Optional[int]) -> int:
+    """The seed of a run's train / val / test split: ``split_seed`` when set, else the run's ``seed``."""
+    return seed if split_seed is None else split_seed

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import torch
 
+from fetalkit.datasets.splits import split_seed_of
 from fetalkit.detection.boxes import DetSet
 from fetalkit.errors import DataError
 from fetalkit.evaluation.detection import coco_ap
@@ -45,7 +46,7 @@ class DetTrainConfig:
 
     @property
     def data_split_seed(self) -> int:
-        return self.seed if self.split_seed is None else self.split_seed
+        return split_seed_of(self.seed, self.split_seed)
 
 
 @dataclass

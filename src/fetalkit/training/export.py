@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fetalkit.datasets.splits import split_seed_of
 from fetalkit.io.images import atomic_write_bytes
 from fetalkit.runtime.card import write_card
 from fetalkit.runtime.preprocess import GRAY_MEAN, GRAY_STD
@@ -19,11 +20,6 @@ TASK_DATA = {
     "psfhs-seg": "PSFHS (Chen et al. 2024, CC BY 4.0); split by blocks of 50 consecutive ids, duplicate pairs kept together",
 }
 
-
-
-def _split_seed(cfg: dict) -> int:
-    """The split seed of a run config (``split_seed``, or the training seed when unset)."""
-    return cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
 
 def split_counts(run_dir: Path) -> dict:
     """Images per part of the run's split (from ``split.txt``: ``image_id,part`` lines)."""
@@ -55,7 +51,7 @@ def export_segmenter(checkpoint: Path, task: str, out_path: Path, name: str | No
         "train": {"epochs": cfg["epochs"], "best_epoch": ck["epoch"], "seed": cfg["seed"], "lr": cfg["lr"],
                   "batch_size": cfg["batch_size"], "command": command,
                   "val_metrics": {k: v for k, v in ck.get("metrics", {}).items() if k.startswith("val_")}},
-        "data": TASK_DATA[task], "split": {"seed": _split_seed(cfg), **split_counts(run_dir)},
+        "data": TASK_DATA[task], "split": {"seed": split_seed_of(cfg["seed"], cfg.get("split_seed")), **split_counts(run_dir)},
         "metrics": {},
     }
     write_card(out_path, card)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fetalkit.datasets.splits import split_seed_of
 from fetalkit.runtime.preprocess import GRAY_MEAN, GRAY_STD
 from fetalkit.training.models import build_segmenter, count_parameters, set_encoder_trainable
 from fetalkit.training.runs import RunFiles, default_device, seed_everything
@@ -55,7 +56,7 @@ class TrainConfig:
 
     @property
     def data_split_seed(self) -> int:
-        return self.seed if self.split_seed is None else self.split_seed
+        return split_seed_of(self.seed, self.split_seed)
 
 
 def build_augment(seed: int, hflip: bool = True):
