@@ -8,6 +8,8 @@ Three ways to clean the same frames, timed in the same run:
   detection, inpainting on small crops, outside the sector a background fill);
 * ``fetalkit, sector known``: the same removal with the sector given (a stream
   whose sector was found once);
+* ``fetalkit, rules inside``: ``fetalkit clean`` with the rule-based inside-sector
+  path instead of the overlay-pixel model (``inside_method="rules"``);
 * ``full-frame inpaint``: the same detection, then ``cv2.inpaint`` of the whole
   frame with the whole mask (what the crops save);
 * ``paper``: top-hat 7x7 + Otsu + hysteresis + 3x3 dilation with no
@@ -34,7 +36,7 @@ from fetalkit.io.images import read_gray
 from fetalkit.preprocess.text import (TextRemovalParams, detect_overlay, draw_synthetic_overlays,
                                       remove_overlay)
 from fetalkit.preprocess.jobs import clean_frame
-from measure_text_removal import sector_of  # the same sector as the accuracy script (script folder is on sys.path)
+from fetalkit.evaluation.text import sector_or_frame as sector_of  # the same sector as the accuracy script
 
 SHAPE_HW = (540, 800)
 
@@ -64,6 +66,10 @@ def fetalkit_clean(frame, sector):
 
 def fetalkit_known_sector(frame, sector):
     return remove_overlay(frame, sector).image
+
+
+def fetalkit_rules(frame, sector):
+    return clean_frame(frame, TextRemovalParams(inside_method="rules"))[0].image
 
 
 def full_frame_inpaint(frame, sector, params=TextRemovalParams()):
@@ -103,6 +109,7 @@ def main() -> None:
           f"OpenCV threads {cv2.getNumThreads()}")
     rates = {name: frames_per_s(fn, frames, args.repeat) for name, fn in
              (("fetalkit clean", fetalkit_clean), ("fetalkit, sector known", fetalkit_known_sector),
+              ("fetalkit, rules inside", fetalkit_rules),
               ("full-frame inpaint", full_frame_inpaint),
               ("paper", paper_clean))}
     for name, rate in rates.items():

@@ -188,6 +188,64 @@ def train_detector_cmd(
     out.print(f"best val AP[.5:.95] {result['best']:.4f}; checkpoints and metrics in {out_dir}")
 
 
+@train_app.command("overlay-seg")
+def train_overlay_seg_cmd(
+    out_dir: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics, overlay-fcn.onnx + card."),
+    hc18: Optional[Path] = typer.Option(None, "--hc18", help="HC18 folder (split by subject). Default: $FETALKIT_DATA/hc18 when present."),
+    psfhs: Optional[Path] = typer.Option(None, "--psfhs", help="PSFHS folder (split by id block). Default: $FETALKIT_DATA/psfhs when present."),
+    frames: list[Path] = typer.Option([], "--frames", help="Folder of your own clean frames (no burned-in text; split by file); repeatable."),
+    no_public: bool = typer.Option(False, "--no-public", help="Do not add HC18 / PSFHS by default; train on --frames only."),
+    epochs: int = typer.Option(12, min=1),
+    channels: int = typer.Option(16, min=4, help="Width of the network."),
+    dilations: str = typer.Option("1,2,4,1", help="Dilation of each 3x3 layer (their number is the depth)."),
+    draws: int = typer.Option(2, min=1, help="Overlay draws per training frame (16 patches each)."),
+    min_recall: float = typer.Option(0.96, min=0.5, max=1.0, help="Operating point: highest threshold with this val recall."),
+    seed: int = typer.Option(0, help="Seed of the initialisation, the overlays and (unless --split-seed) the split."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed)."),
+    threads: int = typer.Option(2, help="CPU threads for torch."),
+    resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
+):
+    """Train the overlay-pixel model of 'fetalkit clean' on clean frames with pasted text, calipers, arrows."""
+    _needs_training_extra()
+    from rich.progress import Progress
+    from fetalkit.config import dataset_dir
+    from fetalkit.datasets.frames import split_frames
+    from fetalkit.training.overlayseg import OverlayTrainConfig, train_overlay_seg
+    if not no_public:
+        hc18 = hc18 or (dataset_dir("hc18") if dataset_dir("hc18").is_dir() else None)
+        psfhs = psfhs or (dataset_dir("psfhs") if dataset_dir("psfhs").is_dir() else None)
+    if hc18 is None and psfhs is None and not frames:
+        fail("no frames to train on: pass --hc18, --psfhs or --frames (or set FETALKIT_DATA)")
+    try:
+        dilation_list = tuple(int(d) for d in dilations.split(","))
+        assert dilation_list and min(dilation_list) >= 1
+    except (ValueError, AssertionError):
+        fail(f"--dilations must be positive integers separated by commas, got {dilations!r}")
+    cfg = OverlayTrainConfig(channels=channels, dilations=dilation_list, epochs=epochs, draws_per_frame=draws, min_recall=min_recall,
+                             seed=seed, split_seed=split_seed, threads=threads)
+    parts = {part: split_frames(part, cfg.data_split_seed, hc18, psfhs, frames) for part in ("train", "val")}
+    note = "; ".join(f"{name} {p}" for name, p in (("HC18", hc18), ("PSFHS", psfhs)) if p) + \
+        "".join(f"; frames {f}" for f in frames) + " (own train split; overlays pasted, masks exact)"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = "fetalkit " + " ".join(sys.argv[1:])
+    (out_dir / "command.txt").write_text(command + "\n")
+    with Progress(console=console) as bar:
+        load = bar.add_task("cutting patches", total=None)
+        task_bar = bar.add_task("training", total=epochs)
+
+        def on_epoch(row):
+            bar.update(task_bar, completed=row["epoch"] + 1)
+            bar.console.print(f"epoch {row['epoch']:3d}  loss {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
+                              f"({row['seconds']} s)")
+        card = train_overlay_seg(parts["train"], parts["val"], out_dir, cfg, note, command, resume=resume,
+                                 progress=on_epoch, load_progress=lambda i, n: bar.update(load, completed=i, total=n))
+    op = card["operating_point"]
+    chosen = next(r for r in op["sweep"] if r["threshold"] == op["threshold"])
+    out.print(f"wrote {out_dir / 'overlay-fcn.onnx'}; threshold {op['threshold']:g} on {op['val_frames']} val frames: "
+              f"recall {chosen['recall']:.3f} (worst source {chosen['recall_worst_source']:.3f}), "
+              f"altered {chosen['altered_pct']:.2f} %")
+
+
 @eval_app.command("head-seg")
 def eval_head_seg_cmd(
     data: Path = typer.Option(None, "--data", help="HC18 folder. Default: $FETALKIT_DATA/hc18."),
@@ -695,13 +753,24 @@ def sector_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or fold
 @app.command("clean")
 def clean_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or folders."),
               out_dir: Path = typer.Option(..., "--out", help="Output folder: cleaned images, removed-pixel masks, cleaning.csv."),
+              inside: str = typer.Option("learned", "--inside", help="Inside the sector: learned (overlay-pixel model) or rules (drawn-stroke gates)."),
+              overlay_model: str = typer.Option("overlay-fcn", "--overlay-model", help="Bundled name or .onnx path of the overlay-pixel model (e.g. from 'fetalkit train overlay-seg')."),
+              threshold: Optional[float] = typer.Option(None, "--threshold", help="Overlay probability threshold (default: the model card's operating point)."),
               quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Remove burned-in text, calipers and arrows (top-hat + Otsu/hysteresis + inpainting, confined to the sector)."""
     from rich.progress import Progress
     from fetalkit.preprocess.jobs import clean_files
+    from fetalkit.preprocess.text import TextRemovalParams
+    try:
+        params = TextRemovalParams(inside_method=inside, overlay_model=overlay_model, learned_threshold=threshold)
+    except ValueError as e:
+        fail(f"{e}")
+    if inside == "learned":
+        from fetalkit.runtime.registry import load_model
+        load_model(overlay_model, "overlay-seg")  # a bad --overlay-model fails before any file is written
     with Progress(console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task("cleaning", total=None)
-        rows = clean_files(inputs, out_dir, progress=lambda i, n: bar.update(task, completed=i, total=n))
+        rows = clean_files(inputs, out_dir, params, progress=lambda i, n: bar.update(task, completed=i, total=n))
     _finish(rows, quiet, f"cleaned images in {out_dir}")
 
 

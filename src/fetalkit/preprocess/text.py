@@ -17,7 +17,13 @@ OpenCV inpainting), confined so that anatomy survives:
    also be bright (``inside_low_grey``), and a seed near-saturated
    (``inside_min_grey``), so that a stroke on tissue does not merge with it.
 3. **Confinement.**  A component lying (almost) entirely outside the sector
-   counts whole: there is no anatomy there.  Any other component counts only
+   counts whole: there is no anatomy there.  Inside the sector, by default
+   (``inside_method="learned"``), the overlay-pixel model decides pixel by
+   pixel on crops around the seed pixels: a small fully convolutional network
+   trained on clean HC18 / PSFHS frames with pasted overlays
+   (:mod:`fetalkit.training.overlayseg`), so a caliper dot touching a bright
+   echo is taken and the echo left.  With ``inside_method="rules"`` a
+   component inside counts only
    when it looks *drawn*, not scanned: thin (``inside_max_stroke_px``), not
    long or large (``inside_max_size_px``, ``inside_max_area_px``), with some
    flat top (``inside_min_plateau``)
@@ -31,7 +37,8 @@ OpenCV inpainting), confined so that anatomy survives:
    the maximum grey level).  Components that fail only the brightness of the
    seed are accepted when they pass the shape tests and lie within
    ``link_px`` of an accepted one (the dim, anti-aliased pieces of a glyph).
-4. **Dilation** (3 x 3) recovers the anti-aliased rims of the strokes.
+4. **Dilation** (3 x 3) recovers the anti-aliased rims of the strokes (not
+   of the model's pixels: it was trained on the footprint, rims included).
 5. **Removal.**  Inside the sector the mask is inpainted with ``cv2.inpaint``
    on small crops around each group of components (inpainting cost grows with
    the crop, so the frame is never inpainted as a whole).  Outside the sector
@@ -67,6 +74,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -74,12 +82,14 @@ import cv2
 import numpy as np
 
 from fetalkit.errors import InputError
+from fetalkit.runtime.preprocess import normalise
 
 __all__ = [
     "TextRemovalParams",
     "CleanResult",
     "SyntheticOverlays",
     "detect_overlay",
+    "overlay_seeds",
     "remove_overlay",
     "draw_synthetic_overlays",
 ]
@@ -135,6 +145,16 @@ class TextRemovalParams:
         tints stay below about 25).
     fill_outside : ``"background"`` sets overlay pixels outside the sector to
         the grey opening (local background); ``"inpaint"`` inpaints them too.
+    inside_method : how grey overlays inside the sector are told from anatomy:
+        ``"learned"`` (default) asks the overlay-pixel model (:data:`OVERLAY_MODEL`,
+        a small fully convolutional network trained on pasted overlays, see
+        ``fetalkit train overlay-seg``) about every pixel near a seed;
+        ``"rules"`` uses the drawn-stroke gates (``inside_*``, ``link_px``).
+    overlay_model : bundled name or ``.onnx`` path of the overlay-pixel model.
+    learned_threshold : probability above which a pixel counts as overlay;
+        ``None`` takes the operating point stored in the model's card.
+    learned_halo_px : context around the seeds given to the model (its
+        receptive field reaches 8 px).
     """
 
     tophat_kernel_px: int = 7
@@ -156,6 +176,10 @@ class TextRemovalParams:
     link_px: int = 2
     colour_min_chroma: int = 60
     fill_outside: str = "background"
+    inside_method: str = "learned"
+    overlay_model: str = "overlay-fcn"
+    learned_threshold: Optional[float] = None
+    learned_halo_px: int = 8
 
     @classmethod
     def paper_baseline(cls) -> "TextRemovalParams":
@@ -165,7 +189,8 @@ class TextRemovalParams:
         """
         return cls(inside_min_grey=0, inside_low_grey=0, inside_max_stroke_px=float("inf"),
                    inside_max_size_px=2 ** 30, inside_max_area_px=2 ** 62, inside_min_plateau=0.0,
-                   inside_min_score=-float("inf"), link_px=0, fill_outside="inpaint")
+                   inside_min_score=-float("inf"), link_px=0, fill_outside="inpaint",
+                   inside_method="rules")
 
     def __post_init__(self) -> None:
         for name in ("tophat_kernel_px", "dilation_px"):
@@ -185,6 +210,12 @@ class TextRemovalParams:
             raise ValueError("min_component_px must be >= 1 and link_px >= 0")
         if self.fill_outside not in ("background", "inpaint"):
             raise ValueError(f"fill_outside must be 'background' or 'inpaint', got {self.fill_outside!r}")
+        if self.inside_method not in ("learned", "rules"):
+            raise ValueError(f"inside_method must be 'learned' or 'rules', got {self.inside_method!r}")
+        if self.learned_threshold is not None and not 0.0 < self.learned_threshold < 1.0:
+            raise ValueError(f"learned_threshold must be in (0, 1), got {self.learned_threshold}")
+        if self.learned_halo_px < 0:
+            raise ValueError(f"learned_halo_px must be >= 0, got {self.learned_halo_px}")
 
 
 @dataclass(frozen=True)
@@ -349,6 +380,14 @@ def _accepted(c: _Components, params: TextRemovalParams, coloured: bool = False)
     return keep
 
 
+def overlay_seeds(image: np.ndarray, inside: np.ndarray, params: TextRemovalParams = TextRemovalParams()
+                  ) -> np.ndarray:
+    """Seed pixels of the hysteresis (bright top-hat peaks; inside ``inside`` also near white), H x W bool."""
+    gray, _ = _as_gray(image)
+    tophat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, _square(params.tophat_kernel_px))
+    return _grey_candidates(gray, tophat, inside.astype(bool), params)[1]
+
+
 def detect_overlay(image: np.ndarray, sector_mask: Optional[np.ndarray] = None,
                    params: TextRemovalParams = TextRemovalParams()) -> np.ndarray:
     """Find burned-in text, calipers, arrows and other drawn overlays.
@@ -379,14 +418,79 @@ def _detect(gray: np.ndarray, tophat: np.ndarray, chroma: Optional[np.ndarray], 
         # a bright echo does not carry the echo along
         candidate &= ~colour
     comps = _components(gray, tophat, candidate, seed, inside, params)
-    mask = _accepted(comps, params)[comps.labels]
+    accepted = _accepted(comps, params)
+    learned = params.inside_method == "learned"
+    if learned:
+        accepted &= ~comps.inside  # inside the sector the model decides, pixel by pixel
+    mask = accepted[comps.labels]
     if colour is not None and colour.any():
         colour_comps = _components(gray, tophat, colour, colour, inside, params)
         mask |= _accepted(colour_comps, params, coloured=True)[colour_comps.labels]
     mask = mask.view(np.uint8)
     if params.dilation_px > 1:
         mask = cv2.dilate(mask, _square(params.dilation_px))
+    if learned:
+        # not dilated: the model was trained on the exact footprint, anti-aliased rims included
+        mask |= _learned_mask(gray, (seed & inside).view(np.uint8), params)
     return mask
+
+
+# --------------------------------------------------------------------------- learned inside-sector path
+
+OVERLAY_TASK = "overlay-seg"
+
+
+def _overlay_model(name_or_path: str):
+    """The loaded model, kept while its files are unchanged (a retrained model is reloaded)."""
+    from fetalkit.runtime.card import card_path_for
+    from fetalkit.runtime.registry import resolve_model
+    path = resolve_model(name_or_path, OVERLAY_TASK)
+    card = card_path_for(path)
+    stamp = (path.stat().st_mtime_ns, card.stat().st_mtime_ns if card.is_file() else 0)
+    return _load_overlay_model(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_overlay_model(path: str, stamp: tuple[int, int]):
+    from fetalkit.runtime.registry import load_model
+    return load_model(path, OVERLAY_TASK)
+
+
+def overlay_threshold(params: TextRemovalParams) -> float:
+    """The probability threshold in use: ``params.learned_threshold`` or the card's operating point."""
+    if params.learned_threshold is not None:
+        return params.learned_threshold
+    return float(_overlay_model(params.overlay_model).card["operating_point"]["threshold"])
+
+
+def overlay_crops(seeds: np.ndarray, halo_px: int) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) crops, end-exclusive, around groups of seed pixels, each padded by ``halo_px``.
+
+    Seeds closer than two halos share a crop, so the model runs on a few percent
+    of an 800 x 540 frame instead of all of it.
+    """
+    grouped = cv2.dilate(seeds, _square(2 * halo_px + 1)) if halo_px else seeds
+    n, groups = cv2.connectedComponents(grouped, connectivity=8)
+    x0, y0, x1, y1 = _label_boxes(groups, grouped, n)
+    return [(int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i])) for i in range(1, n)]
+
+
+def overlay_probability(gray: np.ndarray, crops, params: TextRemovalParams) -> np.ndarray:
+    """H x W float32 overlay probability from the overlay-pixel model on ``crops`` (0 elsewhere)."""
+    model = _overlay_model(params.overlay_model)
+    prob = np.zeros(gray.shape, np.float32)
+    for x0, y0, x1, y1 in crops:
+        batch = normalise(gray[None, None, y0:y1, x0:x1], model.mean, model.std)
+        np.maximum(prob[y0:y1, x0:x1], model.run(batch)[0, 0], out=prob[y0:y1, x0:x1])
+    return prob
+
+
+def _learned_mask(gray: np.ndarray, seeds: np.ndarray, params: TextRemovalParams) -> np.ndarray:
+    """Overlay pixels near the seeds, as judged by the overlay-pixel model."""
+    if not seeds.any():
+        return np.zeros_like(seeds)
+    prob = overlay_probability(gray, overlay_crops(seeds, params.learned_halo_px), params)
+    return (prob >= overlay_threshold(params)).view(np.uint8)
 
 
 # --------------------------------------------------------------------------- removal
@@ -538,6 +642,25 @@ def _draw_arrow(rng, stamp, xy, scale):
     cv2.arrowedLine(stamp, xy, tip, 255, 1, line, tipLength=0.3)
 
 
+def _draw_trace(rng, stamp, xy, scale):
+    """A measurement trace: an ellipse (solid or dotted, as HC / AC calipers draw it) or a line."""
+    line = cv2.LINE_AA if rng.uniform() < 0.5 else cv2.LINE_8
+    if rng.uniform() < 0.5:
+        length = rng.uniform(20, 100) * scale
+        angle = rng.uniform(0, np.pi)
+        cv2.line(stamp, xy, (int(xy[0] + length * np.cos(angle)), int(xy[1] + length * np.sin(angle))),
+                 255, 1, line)
+        return
+    axes = (int(rng.uniform(15, 120) * scale), int(rng.uniform(10, 90) * scale))
+    tilt = float(rng.uniform(0, 180))
+    if rng.uniform() < 0.5:
+        cv2.ellipse(stamp, xy, axes, tilt, 0, 360, 255, 1, line)
+    else:
+        step = rng.uniform(6, 14)
+        for start in np.arange(0, 360, step):
+            cv2.ellipse(stamp, xy, axes, tilt, start, start + 2, 255, 1, line)
+
+
 def _random_point(rng, where: np.ndarray, margin_px: int) -> Optional[tuple[int, int]]:
     h, w = where.shape
     inner = np.zeros_like(where)
@@ -552,7 +675,7 @@ def _random_point(rng, where: np.ndarray, margin_px: int) -> Optional[tuple[int,
 
 def draw_synthetic_overlays(image: np.ndarray, sector_mask: Optional[np.ndarray] = None, seed: int = 0,
                             n_text_outside: int = 4, n_text_inside: int = 2, n_calipers: int = 2,
-                            n_arrows: int = 1) -> SyntheticOverlays:
+                            n_arrows: int = 1, n_traces: int = 0) -> SyntheticOverlays:
     """Paste text, calipers (with dotted lines) and arrows with an exactly known mask.
 
     Text uses the Hershey fonts at scales proportional to the frame width, grey
@@ -569,6 +692,8 @@ def draw_synthetic_overlays(image: np.ndarray, sector_mask: Optional[np.ndarray]
     n_text_outside, n_text_inside : text labels outside / inside the sector.
     n_calipers : caliper pairs (two marks and a dotted line) inside the sector.
     n_arrows : arrows inside the sector.
+    n_traces : measurement traces inside the sector (ellipses, solid or dotted,
+        and lines; clipped to the sector).
 
     Returns
     -------
@@ -582,13 +707,15 @@ def draw_synthetic_overlays(image: np.ndarray, sector_mask: Optional[np.ndarray]
     out = gray.copy()
     boxes, where = [], []
     plan = ["text_out"] * n_text_outside + ["text_in"] * n_text_inside + ["caliper"] * n_calipers \
-        + ["arrow"] * n_arrows
+        + ["arrow"] * n_arrows + ["trace"] * n_traces
     for kind in plan:
         stamp = np.zeros((h, w), np.uint8)
         if kind.startswith("text"):
             _stamp_text(rng, stamp, ~inside if kind == "text_out" else inside, scale)
         else:
             _stamp_mark(rng, stamp, inside, scale, kind)
+            if kind == "trace":
+                stamp[~inside] = 0
         drawn = stamp > 0
         if not drawn.any():
             continue
@@ -616,7 +743,7 @@ def _stamp_text(rng, stamp: np.ndarray, region: np.ndarray, scale: float) -> Non
 
 
 def _stamp_mark(rng, stamp: np.ndarray, inside: np.ndarray, scale: float, kind: str) -> None:
-    """Draw a caliper pair with its dotted line, or an arrow, inside the sector."""
+    """Draw a caliper pair with its dotted line, an arrow or a trace, inside the sector."""
     h, w = stamp.shape
     margin_px = int(round(0.06 * w))
     xy = _random_point(rng, inside, margin_px)
@@ -624,6 +751,9 @@ def _stamp_mark(rng, stamp: np.ndarray, inside: np.ndarray, scale: float, kind: 
         return
     if kind == "arrow":
         _draw_arrow(rng, stamp, xy, scale)
+        return
+    if kind == "trace":
+        _draw_trace(rng, stamp, xy, scale)
         return
     partner = _random_point(rng, inside, margin_px)
     d = np.subtract(partner, xy)

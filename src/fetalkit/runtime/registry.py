@@ -8,7 +8,8 @@ from fetalkit.config import MODELS_DIR
 from fetalkit.errors import ModelError
 from fetalkit.runtime.card import read_card
 
-DEFAULT_MODELS = {"head-seg": "head-unet-mnv2", "psfhs-seg": "psfhs-unet-mnv2", "detector": "psfhs-fcos-mnv2"}
+DEFAULT_MODELS = {"head-seg": "head-unet-mnv2", "psfhs-seg": "psfhs-unet-mnv2", "detector": "psfhs-fcos-mnv2",
+                  "overlay-seg": "overlay-fcn"}
 
 
 def bundled_names() -> list[str]:

@@ -29,7 +29,7 @@ def default_device() -> torch.device:
 
 
 def _rng_holders(augment) -> list:
-    return [augment, *augment.transforms]
+    return [] if augment is None else [augment, *augment.transforms]
 
 
 def augment_state(augment) -> list:
