@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -14,10 +15,11 @@ from typer.testing import CliRunner
 from fetalkit.cli import app
 from fetalkit.io.images import write_image
 from fetalkit.preprocess.text import (TextRemovalParams, detect_overlay, draw_synthetic_overlays, overlay_crops,
-                                      overlay_seeds, overlay_threshold)
+                                      hysteresis_mask, overlay_seeds, overlay_thresholds)
 from fetalkit.runtime.registry import load_model
 from fetalkit.synth.phantom import head_phantom
-from fetalkit.training.overlayseg import OverlayFCN, export_overlay_model, masked_bce, sample_patches
+from fetalkit.training.overlayseg import (OverlayFCN, export_overlay_model, masked_bce, operating_grid,
+                                         sample_patches)
 
 
 def test_in_graph_tophat_is_opencvs():
@@ -103,13 +105,52 @@ def test_trainer_cli_writes_a_usable_model(tmp_path):
     card = json.loads(onnx_path.with_suffix(".json").read_text())
     assert card["task"] == "overlay-seg" and card["split"]["train_frames"] >= 2
     op = card["operating_point"]
-    assert 0 < op["threshold"] < 1 and len(op["sweep"]) >= 5
+    assert 0 < op["threshold"] <= op["high_threshold"] < 1
+    assert [(r["threshold"], r["high_threshold"]) for r in op["sweep"]] == operating_grid()
+    # the rule: of the pairs reaching the recall on every source, the fewest altered pixels on the worst one
+    passing = [r for r in op["sweep"] if r["recall_worst_source"] >= 0.96]
+    chosen = next(r for r in op["sweep"] if (r["threshold"], r["high_threshold"]) == (op["threshold"], op["high_threshold"]))
+    if passing:
+        assert chosen["altered_pct_worst_source"] == min(r["altered_pct_worst_source"] for r in passing)
+    else:
+        assert chosen["recall_worst_source"] == max(r["recall_worst_source"] for r in op["sweep"])
     assert (run / "metrics.csv").read_text().count("\n") == 3
     params = TextRemovalParams(overlay_model=str(onnx_path))
-    assert overlay_threshold(params) == op["threshold"]
+    assert overlay_thresholds(params) == (op["threshold"], op["high_threshold"])
     p = head_phantom(7, shape_hw=(270, 400))
     mask = detect_overlay(draw_synthetic_overlays(p.image, p.sector, seed=1).image, p.sector, params)
     assert mask.shape == p.image.shape and mask.dtype == np.uint8
+
+
+def test_hysteresis_keeps_only_groups_that_reach_the_high_threshold():
+    prob = np.zeros((20, 30), np.float32)
+    prob[2:5, 2:12] = 0.1          # a faint stroke ...
+    prob[3, 6] = 0.9               # ... with a confident core: kept whole, rims included
+    prob[10:13, 20:23] = 0.2       # lone speckle at the low threshold: dropped
+    prob[15, 5] = prob[16, 6] = 0.1
+    prob[17, 7] = 0.8              # diagonal neighbours join (8-connectivity)
+    got = hysteresis_mask(prob >= 0.05, prob >= 0.5)
+    expected = np.zeros(prob.shape, np.uint8)
+    expected[2:5, 2:12] = 1
+    expected[15, 5] = expected[16, 6] = expected[17, 7] = 1
+    assert got.dtype == np.uint8 and np.array_equal(got, expected)
+
+
+def test_thresholds_come_from_the_params_then_the_card(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "m.onnx"
+    base = {"name": "m", "task": "overlay-seg", "input_hw": [40, 40], "normalise": {"mean": 0.0, "std": 1.0},
+            "classes": ["overlay"], "output": "probability"}
+    export_overlay_model(OverlayFCN(4), path, base | {"operating_point": {"threshold": 0.1}})
+    params = TextRemovalParams(overlay_model=str(path))
+    assert overlay_thresholds(params) == (0.1, 0.1)  # an older card: a plain threshold
+    path = tmp_path / "m2.onnx"
+    export_overlay_model(OverlayFCN(4), path, base | {"operating_point": {"threshold": 0.1, "high_threshold": 0.7}})
+    params = TextRemovalParams(overlay_model=str(path))
+    assert overlay_thresholds(params) == (0.1, 0.7)
+    assert overlay_thresholds(replace(params, learned_threshold=0.3)) == (0.3, 0.7)
+    assert overlay_thresholds(replace(params, learned_threshold=0.8)) == (0.8, 0.8)  # high never below low
+    assert overlay_thresholds(replace(params, learned_high_threshold=0.4)) == (0.1, 0.4)
 
 
 def test_trainer_cli_refuses_missing_frames(tmp_path):
@@ -121,7 +162,7 @@ def test_bundled_model_and_its_card():
     model = load_model(None, "overlay-seg")
     card = model.card
     assert card["name"] == "overlay-fcn" and card["normalise"] == {"mean": 0.0, "std": 1.0, "applied_to": "x / 255"}
-    assert 0 < card["operating_point"]["threshold"] < 1
+    assert 0 < card["operating_point"]["threshold"] <= card["operating_point"]["high_threshold"] < 1
     assert card["train"]["seed"] == 0 and card["train"]["command"].startswith("fetalkit train overlay-seg")
     out = model.run(np.zeros((1, 1, 30, 45), np.float32))
     assert out.shape == (1, 1, 30, 45) and 0.0 <= out.min() and out.max() <= 1.0

@@ -203,7 +203,7 @@ def test_bad_inputs_raise():
         detect_overlay(image, np.ones((32, 32), np.uint8))
     for bad in ({"dilation_px": 4}, {"tophat_kernel_px": 0}, {"low_fraction": 2.0},
                 {"inpaint_method": 7}, {"fill_outside": "zero"}, {"inside_method": "cnn"},
-                {"learned_threshold": 1.5}, {"learned_halo_px": -1}):
+                {"learned_threshold": 1.5}, {"learned_high_threshold": 0.0}, {"learned_halo_px": -1}):
         with pytest.raises(ValueError):
             TextRemovalParams(**bad)
     assert detect_overlay(image).sum() == 0  # blank frame: nothing to find

@@ -199,7 +199,7 @@ def train_overlay_seg_cmd(
     channels: int = typer.Option(16, min=4, help="Width of the network."),
     dilations: str = typer.Option("1,2,4,1", help="Dilation of each 3x3 layer (their number is the depth)."),
     draws: int = typer.Option(2, min=1, help="Overlay draws per training frame (16 patches each)."),
-    min_recall: float = typer.Option(0.96, min=0.5, max=1.0, help="Operating point: highest threshold with this val recall."),
+    min_recall: float = typer.Option(0.96, min=0.5, max=1.0, help="Operating point: of the thresholds with this val recall on every dataset, those altering the fewest anatomy pixels."),
     seed: int = typer.Option(0, help="Seed of the initialisation, the overlays and (unless --split-seed) the split."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
@@ -240,10 +240,12 @@ def train_overlay_seg_cmd(
         card = train_overlay_seg(parts["train"], parts["val"], out_dir, cfg, note, command, resume=resume,
                                  progress=on_epoch, load_progress=lambda i, n: bar.update(load, completed=i, total=n))
     op = card["operating_point"]
-    chosen = next(r for r in op["sweep"] if r["threshold"] == op["threshold"])
-    out.print(f"wrote {out_dir / 'overlay-fcn.onnx'}; threshold {op['threshold']:g} on {op['val_frames']} val frames: "
-              f"recall {chosen['recall']:.3f} (worst source {chosen['recall_worst_source']:.3f}), "
-              f"altered {chosen['altered_pct']:.2f} %")
+    chosen = next(r for r in op["sweep"]
+                  if (r["threshold"], r["high_threshold"]) == (op["threshold"], op["high_threshold"]))
+    out.print(f"wrote {out_dir / 'overlay-fcn.onnx'}; thresholds {op['threshold']:g} / {op['high_threshold']:g} on "
+              f"{op['val_frames']} val frames: recall {chosen['recall']:.3f} (worst source "
+              f"{chosen['recall_worst_source']:.3f}), altered {chosen['altered_pct']:.2f} % (worst source "
+              f"{chosen['altered_pct_worst_source']:.2f} %)")
 
 
 @eval_app.command("head-seg")
@@ -755,14 +757,16 @@ def clean_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or folde
               out_dir: Path = typer.Option(..., "--out", help="Output folder: cleaned images, removed-pixel masks, cleaning.csv."),
               inside: str = typer.Option("learned", "--inside", help="Inside the sector: learned (overlay-pixel model) or rules (drawn-stroke gates)."),
               overlay_model: str = typer.Option("overlay-fcn", "--overlay-model", help="Bundled name or .onnx path of the overlay-pixel model (e.g. from 'fetalkit train overlay-seg')."),
-              threshold: Optional[float] = typer.Option(None, "--threshold", help="Overlay probability threshold (default: the model card's operating point)."),
+              threshold: Optional[float] = typer.Option(None, "--threshold", help="Low overlay probability threshold (default: the model card's operating point)."),
+              high_threshold: Optional[float] = typer.Option(None, "--high-threshold", help="A group of pixels above --threshold counts only when one reaches this (default: the card's)."),
               quiet: bool = typer.Option(False, "--quiet", "-q")):
     """Remove burned-in text, calipers and arrows (top-hat + Otsu/hysteresis + inpainting, confined to the sector)."""
     from rich.progress import Progress
     from fetalkit.preprocess.jobs import clean_files
     from fetalkit.preprocess.text import TextRemovalParams
     try:
-        params = TextRemovalParams(inside_method=inside, overlay_model=overlay_model, learned_threshold=threshold)
+        params = TextRemovalParams(inside_method=inside, overlay_model=overlay_model, learned_threshold=threshold,
+                                   learned_high_threshold=high_threshold)
     except ValueError as e:
         fail(f"{e}")
     if inside == "learned":

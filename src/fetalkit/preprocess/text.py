@@ -151,8 +151,13 @@ class TextRemovalParams:
         ``fetalkit train overlay-seg``) about every pixel near a seed;
         ``"rules"`` uses the drawn-stroke gates (``inside_*``, ``link_px``).
     overlay_model : bundled name or ``.onnx`` path of the overlay-pixel model.
-    learned_threshold : probability above which a pixel counts as overlay;
-        ``None`` takes the operating point stored in the model's card.
+    learned_threshold : probability above which a pixel may count as overlay
+        (the low threshold of a hysteresis); ``None`` takes the operating point
+        stored in the model's card.
+    learned_high_threshold : a group of such pixels (8-connected) counts only
+        when one of its pixels reaches this probability, so that faint rims of a
+        confident stroke are kept and lone speckle at the low threshold is not;
+        ``None`` takes the card's (the low threshold when the card has none).
     learned_halo_px : context around the seeds given to the model (its
         receptive field reaches 8 px).
     """
@@ -179,6 +184,7 @@ class TextRemovalParams:
     inside_method: str = "learned"
     overlay_model: str = "overlay-fcn"
     learned_threshold: Optional[float] = None
+    learned_high_threshold: Optional[float] = None
     learned_halo_px: int = 8
 
     @classmethod
@@ -212,8 +218,10 @@ class TextRemovalParams:
             raise ValueError(f"fill_outside must be 'background' or 'inpaint', got {self.fill_outside!r}")
         if self.inside_method not in ("learned", "rules"):
             raise ValueError(f"inside_method must be 'learned' or 'rules', got {self.inside_method!r}")
-        if self.learned_threshold is not None and not 0.0 < self.learned_threshold < 1.0:
-            raise ValueError(f"learned_threshold must be in (0, 1), got {self.learned_threshold}")
+        for name in ("learned_threshold", "learned_high_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
         if self.learned_halo_px < 0:
             raise ValueError(f"learned_halo_px must be >= 0, got {self.learned_halo_px}")
 
@@ -456,11 +464,33 @@ def _load_overlay_model(path: str, stamp: tuple[int, int]):
     return load_model(path, OVERLAY_TASK)
 
 
-def overlay_threshold(params: TextRemovalParams) -> float:
-    """The probability threshold in use: ``params.learned_threshold`` or the card's operating point."""
-    if params.learned_threshold is not None:
-        return params.learned_threshold
-    return float(_overlay_model(params.overlay_model).card["operating_point"]["threshold"])
+def overlay_thresholds(params: TextRemovalParams) -> tuple[float, float]:
+    """(low, high) probability thresholds in use: the params' or the card's operating point.
+
+    The high threshold is never below the low one (equal: a plain threshold).
+    """
+    op = {} if None not in (params.learned_threshold, params.learned_high_threshold) else \
+        _overlay_model(params.overlay_model).card["operating_point"]
+    low = float(op["threshold"] if params.learned_threshold is None else params.learned_threshold)
+    high = params.learned_high_threshold
+    if high is None:
+        high = op.get("high_threshold", low)
+    return low, max(float(high), low)
+
+
+def hysteresis_mask(candidate: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """8-connected components of ``candidate`` that hold a ``seed`` pixel, H x W uint8 {0, 1}."""
+    out = np.zeros(candidate.shape, np.uint8)
+    # labelled within the candidates' bounding box only: they lie in a few crops of the frame
+    x, y, w, h = cv2.boundingRect(candidate.view(np.uint8))
+    if w == 0:
+        return out
+    cand = candidate[y:y + h, x:x + w]
+    n, labels = cv2.connectedComponents(cand.view(np.uint8), connectivity=8)
+    keep = np.bincount(labels[seed[y:y + h, x:x + w] & cand], minlength=n) > 0
+    keep[0] = False
+    out[y:y + h, x:x + w] = keep[labels]
+    return out
 
 
 def overlay_crops(seeds: np.ndarray, halo_px: int) -> list[tuple[int, int, int, int]]:
@@ -490,7 +520,10 @@ def _learned_mask(gray: np.ndarray, seeds: np.ndarray, params: TextRemovalParams
     if not seeds.any():
         return np.zeros_like(seeds)
     prob = overlay_probability(gray, overlay_crops(seeds, params.learned_halo_px), params)
-    return (prob >= overlay_threshold(params)).view(np.uint8)
+    low, high = overlay_thresholds(params)
+    if high <= low:
+        return (prob >= low).view(np.uint8)
+    return hysteresis_mask(prob >= low, prob >= high)
 
 
 # --------------------------------------------------------------------------- removal

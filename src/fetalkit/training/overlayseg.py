@@ -12,11 +12,12 @@ Training data is made, not labelled: text, calipers, arrows and measurement
 traces are pasted on clean frames (:func:`draw_synthetic_overlays`, exact
 masks), and 40 x 40 patches are cut around seed pixels, half on overlays and
 half on anatomy (the hard negatives).  Frames come from each dataset's own
-train split; the operating point (probability threshold) is chosen on the val
-split with the same scoring as ``benchmarks/measure_text_removal.py``: the
-highest threshold whose mean overlay recall is at least ``min_recall`` on every
-source folder (de-identification puts recall first; higher thresholds alter
-fewer anatomy pixels).
+train split; the operating point is chosen on the val
+split with the same scoring as ``benchmarks/measure_text_removal.py``: a pair
+of probability thresholds (a hysteresis: pixels above the low one count when
+their 8-connected group reaches the high one) whose mean overlay recall is at
+least ``min_recall`` on every source folder (de-identification puts recall
+first) and that, among those, alters the fewest anatomy pixels.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ from fetalkit.training.models import count_parameters
 from fetalkit.training.runs import RunFiles, default_device, seed_everything
 
 THRESHOLD_GRID = (0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+HIGH_GRID = (0.2, 0.3, 0.5, 0.7, 0.8, 0.9)
+MAX_HYSTERESIS_LOW = 0.1
+OPERATING_RULE = ("(low, high) probability thresholds with val recall >= {} on every source that "
+                  "alter the fewest anatomy pixels on the worst source")
 
 
 @dataclass(frozen=True)
@@ -213,33 +218,45 @@ def export_overlay_model(model: OverlayFCN, out_path: Path, card: dict) -> dict:
     return card
 
 
-def choose_threshold(onnx_path: Path, val_paths: Sequence[Path], min_recall: float, seed: int = 0
-                     ) -> tuple[float, list[dict]]:
+def operating_grid() -> list[tuple[float, float]]:
+    """(low, high) pairs tried: every plain threshold (high = low) and hysteresis pairs."""
+    plain = [(t, t) for t in THRESHOLD_GRID]
+    return plain + [(lo, hi) for lo in THRESHOLD_GRID if lo <= MAX_HYSTERESIS_LOW for hi in HIGH_GRID if hi > lo]
+
+
+def choose_operating_point(onnx_path: Path, val_paths: Sequence[Path], min_recall: float, seed: int = 0
+                           ) -> tuple[dict, list[dict]]:
     """Operating point on validation frames (module docstring); returns it and the whole sweep.
 
-    Recall is averaged per source folder (one per scanner / dataset) and the
-    threshold must reach ``min_recall`` on the worst one, so that a set of small
-    frames is not carried by a set of large ones.
+    Recall and altered pixels are averaged per source folder (one per scanner /
+    dataset); a pair must reach ``min_recall`` on the worst source, and of those
+    the one that alters the fewest anatomy pixels on its worst source wins, so
+    that a set of small frames is not carried by a set of large ones.
     """
+    grid = operating_grid()
     # each frame cleaned as `fetalkit clean` does: sector found on the overlaid frame
-    cleaners = {f"{t:g}": (lambda im, sector, t=t: clean_frame(
-        im, TextRemovalParams(overlay_model=str(onnx_path), learned_threshold=t))[0])
-        for t in THRESHOLD_GRID}
+    cleaners = {f"{lo:g}/{hi:g}": (lambda im, sector, lo=lo, hi=hi: clean_frame(
+        im, TextRemovalParams(overlay_model=str(onnx_path), learned_threshold=lo, learned_high_threshold=hi))[0])
+        for lo, hi in grid}
     rows = score_cleaners(val_paths, cleaners, seed=seed)
     source_of = [str(p.parent) for p in val_paths]  # rows come in the order of val_paths
+    sources = sorted(set(source_of))
+
+    def worst(table: list[dict], key: str, pick) -> float:
+        return pick(mean_of([r for r, rs in zip(table, source_of) if rs == s], key) for s in sources)
+
     sweep = []
-    for t in THRESHOLD_GRID:
-        table = rows[f"{t:g}"]
-        per_source = {s: mean_of([r for r, rs in zip(table, source_of) if rs == s], "recall")
-                      for s in set(source_of)}
-        sweep.append({"threshold": t, "recall": round(mean_of(table, "recall"), 4),
-                      "recall_worst_source": round(min(per_source.values()), 4),
+    for lo, hi in grid:
+        table = rows[f"{lo:g}/{hi:g}"]
+        sweep.append({"threshold": lo, "high_threshold": hi, "recall": round(mean_of(table, "recall"), 4),
+                      "recall_worst_source": round(worst(table, "recall", min), 4),
                       "altered_pct": round(mean_of(table, "altered_pct"), 4),
+                      "altered_pct_worst_source": round(worst(table, "altered_pct", max), 4),
                       "ssim": round(mean_of(table, "ssim"), 4)})
     passing = [r for r in sweep if r["recall_worst_source"] >= min_recall]
-    best = (max(passing, key=lambda r: r["threshold"]) if passing
+    best = (min(passing, key=lambda r: (r["altered_pct_worst_source"], -r["recall_worst_source"])) if passing
             else max(sweep, key=lambda r: r["recall_worst_source"]))
-    return float(best["threshold"]), sweep
+    return {"threshold": best["threshold"], "high_threshold": best["high_threshold"]}, sweep
 
 
 def _per_source(paths: Sequence[Path], n: int, seed: int) -> list[Path]:
@@ -305,13 +322,13 @@ def train_overlay_seg(train_paths: Sequence[Path], val_paths: Sequence[Path], ou
                   "val_metrics": {k: v for k, v in best["metrics"].items() if k.startswith("val_")}},
         "data": data_note, "split": {"seed": cfg.data_split_seed, "train_frames": len(train_paths),
                                      "val_frames": len(val_paths)},
-        "operating_point": {"threshold": 0.5, "rule": f"highest threshold with val recall >= {cfg.min_recall} on every source"},
+        "operating_point": {"threshold": 0.5, "high_threshold": 0.5, "rule": OPERATING_RULE.format(cfg.min_recall)},
         "metrics": {},
     }
     export_overlay_model(model, onnx_path, card)
     chosen = _per_source(val_paths, cfg.n_val_frames, cfg.seed)
-    threshold, sweep = choose_threshold(onnx_path, chosen, cfg.min_recall, seed=cfg.seed)
-    card["operating_point"] = {**card["operating_point"], "threshold": threshold,
+    point, sweep = choose_operating_point(onnx_path, chosen, cfg.min_recall, seed=cfg.seed)
+    card["operating_point"] = {**card["operating_point"], **point,
                                "val_frames": len(chosen), "sweep": sweep}
     write_card(onnx_path, card)
     return card
