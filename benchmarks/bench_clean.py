@@ -1,11 +1,13 @@
 """Speed of burned-in text removal on 800 x 540 frames: fetalkit vs the paper's pipeline.
 
-Three ways to clean the same frames, timed in the same run:
+Ways to clean the same frames, timed in the same run:
 
 * ``fetalkit clean``: what ``fetalkit clean`` does per frame
   (:func:`fetalkit.preprocess.jobs.clean_frame`): the sector detected on the
   frame, then :func:`fetalkit.preprocess.text.remove_overlay` (confined
   detection, inpainting on small crops, outside the sector a background fill);
+* ``fetalkit, FP32 model``: the same with the FP32 overlay model
+  (``overlay-fcn``) instead of its INT8 file, the default;
 * ``fetalkit, sector known``: the same removal with the sector given (a stream
   whose sector was found once);
 * ``fetalkit, rules inside``: ``fetalkit clean`` with the rule-based inside-sector
@@ -64,6 +66,10 @@ def fetalkit_clean(frame, sector):
     return clean_frame(frame)[0].image
 
 
+def fetalkit_fp32(frame, sector):
+    return clean_frame(frame, TextRemovalParams(overlay_model="overlay-fcn"))[0].image
+
+
 def fetalkit_known_sector(frame, sector):
     return remove_overlay(frame, sector).image
 
@@ -108,7 +114,8 @@ def main() -> None:
     print(f"{len(frames)} {source} frames of {SHAPE_HW[1]} x {SHAPE_HW[0]} with pasted overlays; "
           f"OpenCV threads {cv2.getNumThreads()}")
     rates = {name: frames_per_s(fn, frames, args.repeat) for name, fn in
-             (("fetalkit clean", fetalkit_clean), ("fetalkit, sector known", fetalkit_known_sector),
+             (("fetalkit clean", fetalkit_clean), ("fetalkit, FP32 model", fetalkit_fp32),
+              ("fetalkit, sector known", fetalkit_known_sector),
               ("fetalkit, rules inside", fetalkit_rules),
               ("full-frame inpaint", full_frame_inpaint),
               ("paper", paper_clean))}

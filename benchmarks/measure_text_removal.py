@@ -13,14 +13,15 @@ subject, PSFHS by id block; split seed 0, the split the bundled overlay model
 was trained and tuned without).
 
 Methods: fetalkit's default (``fetalkit clean``: sector found on the overlaid
-frame, learned overlay-pixel model inside it), the same with the rule-based
-inside path (``inside_method="rules"``), the paper's unconfined pipeline (top-hat
-7x7, Otsu + hysteresis, 3x3 dilation, inpaint everything) and doing nothing.
+frame, learned overlay-pixel model inside it, its INT8 file), the same with the
+FP32 model (``overlay-fcn``), with the rule-based inside path
+(``inside_method="rules"``), the paper's unconfined pipeline (top-hat 7x7, Otsu +
+hysteresis, 3x3 dilation, inpaint everything) and doing nothing.
 
     python benchmarks/measure_text_removal.py [--n-hc18 20] [--n-psfhs 20] [--seed 0] [--dense] [--update-card]
 
-``--update-card`` stores fetalkit's figures in the overlay model's card
-(``metrics``; needs the training extra).
+``--update-card`` stores the figures of each bundled overlay model (INT8 and
+FP32) in its card (``metrics``; needs the training extra).
 
 Overlays per frame: 4 outside labels, 2 inside labels, 2 caliper pairs and an
 arrow per 800 x 540 frame, scaled with the frame area (a 256 x 256 PSFHS frame
@@ -43,6 +44,7 @@ from fetalkit.preprocess.jobs import clean_frame
 from fetalkit.preprocess.text import TextRemovalParams, remove_overlay
 
 SPLIT_SEED = 0
+FP32_MODEL = "overlay-fcn"
 
 
 def pick_frames(n_hc18: int, n_psfhs: int, seed: int) -> tuple[list, list[str]]:
@@ -83,6 +85,7 @@ def main() -> None:
 
     cleaners = {
         "fetalkit": fetalkit_default,
+        "fp32": lambda im, sector: clean_frame(im, TextRemovalParams(overlay_model=FP32_MODEL))[0],
         "rules": lambda im, sector: clean_frame(im, TextRemovalParams(inside_method="rules"))[0],
         "paper": lambda im, sector: remove_overlay(im, None, TextRemovalParams.paper_baseline()),
     }
@@ -124,17 +127,18 @@ def main() -> None:
     if args.update_card:
         from fetalkit.runtime.registry import resolve_model
         from fetalkit.training.export import update_card
-        figures = {"command": f"python benchmarks/measure_text_removal.py --n-hc18 {args.n_hc18} "
-                              f"--n-psfhs {args.n_psfhs} --seed {args.seed}" + (" --dense" if args.dense else "")}
-        for subset in ("hc18", "psfhs"):
-            sel = [r for r in rows["fetalkit"] if r["dataset"] == subset]
-            if sel:
-                figures |= {f"test_{subset}_{key}": round(mean_of(sel, key), 4)
-                            for key in ("recall", "altered_pct", "ssim", "psnr_db")} | {f"test_{subset}_n": len(sel)}
-        path = resolve_model(TextRemovalParams().overlay_model, "overlay-seg")
-        update_card(path, "metrics", figures)
-        print(f"figures stored in {path.with_suffix('.json')}")
-
+        command = (f"python benchmarks/measure_text_removal.py --n-hc18 {args.n_hc18} --n-psfhs {args.n_psfhs} "
+                   f"--seed {args.seed}" + (" --dense" if args.dense else ""))
+        for method, model in (("fetalkit", TextRemovalParams().overlay_model), ("fp32", FP32_MODEL)):
+            figures = {"command": command}
+            for subset in ("hc18", "psfhs"):
+                sel = [r for r in rows[method] if r["dataset"] == subset]
+                if sel:
+                    figures |= {f"test_{subset}_{key}": round(mean_of(sel, key), 4)
+                                for key in ("recall", "altered_pct", "ssim", "psnr_db")} | {f"test_{subset}_n": len(sel)}
+            path = resolve_model(model, "overlay-seg")
+            update_card(path, "metrics", figures)
+            print(f"figures of {method} stored in {path.with_suffix('.json')}")
 
 if __name__ == "__main__":
     main()

@@ -117,6 +117,14 @@ def test_trainer_cli_writes_a_usable_model(tmp_path):
     assert (run / "metrics.csv").read_text().count("\n") == 3
     params = TextRemovalParams(overlay_model=str(onnx_path))
     assert overlay_thresholds(params) == (op["threshold"], op["high_threshold"])
+    q_card = json.loads((run / "overlay-fcn-int8.json").read_text())
+    assert q_card["precision"] == "int8" and q_card["quantisation"]["calibration_crops"] > 0
+    assert [(r["threshold"], r["high_threshold"]) for r in q_card["operating_point"]["sweep"]] == operating_grid()
+    q_model = load_model(str(run / "overlay-fcn-int8.onnx"), "overlay-seg")
+    x = np.random.default_rng(0).random((1, 1, 40, 52), dtype=np.float32)
+    # the INT8 file computes the same network, to within its quantisation steps
+    expected = load_model(str(onnx_path), "overlay-seg").run(x)
+    assert np.abs(q_model.run(x) - expected).mean() < 0.1
     p = head_phantom(7, shape_hw=(270, 400))
     mask = detect_overlay(draw_synthetic_overlays(p.image, p.sector, seed=1).image, p.sector, params)
     assert mask.shape == p.image.shape and mask.dtype == np.uint8
@@ -158,12 +166,15 @@ def test_trainer_cli_refuses_missing_frames(tmp_path):
     assert result.exit_code != 0 and "no frames to train on" in result.output
 
 
-def test_bundled_model_and_its_card():
-    model = load_model(None, "overlay-seg")
+@pytest.mark.parametrize("name", [None, "overlay-fcn", "overlay-fcn-int8"])
+def test_bundled_models_and_their_cards(name):
+    model = load_model(name, "overlay-seg")
     card = model.card
-    assert card["name"] == "overlay-fcn" and card["normalise"] == {"mean": 0.0, "std": 1.0, "applied_to": "x / 255"}
+    assert card["name"] == (name or "overlay-fcn-int8")  # the INT8 file is the default
+    assert card["normalise"] == {"mean": 0.0, "std": 1.0, "applied_to": "x / 255"}
     assert 0 < card["operating_point"]["threshold"] <= card["operating_point"]["high_threshold"] < 1
     assert card["train"]["seed"] == 0 and card["train"]["command"].startswith("fetalkit train overlay-seg")
+    assert card["metrics"]["command"].startswith("python benchmarks/measure_text_removal.py")
     out = model.run(np.zeros((1, 1, 30, 45), np.float32))
     assert out.shape == (1, 1, 30, 45) and 0.0 <= out.min() and out.max() <= 1.0
 

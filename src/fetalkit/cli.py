@@ -203,6 +203,7 @@ def train_overlay_seg_cmd(
     seed: int = typer.Option(0, help="Seed of the initialisation, the overlays and (unless --split-seed) the split."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
+    int8: bool = typer.Option(True, help="Also write overlay-fcn-int8.onnx (static INT8 on train crops, its own operating point)."),
     resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
 ):
     """Train the overlay-pixel model of 'fetalkit clean' on clean frames with pasted text, calipers, arrows."""
@@ -222,7 +223,7 @@ def train_overlay_seg_cmd(
     except (ValueError, AssertionError):
         fail(f"--dilations must be positive integers separated by commas, got {dilations!r}")
     cfg = OverlayTrainConfig(channels=channels, dilations=dilation_list, epochs=epochs, draws_per_frame=draws, min_recall=min_recall,
-                             seed=seed, split_seed=split_seed, threads=threads)
+                             seed=seed, split_seed=split_seed, threads=threads, int8=int8)
     parts = {part: split_frames(part, cfg.data_split_seed, hc18, psfhs, frames) for part in ("train", "val")}
     note = "; ".join(f"{name} {p}" for name, p in (("HC18", hc18), ("PSFHS", psfhs)) if p) + \
         "".join(f"; frames {f}" for f in frames) + " (own train split; overlays pasted, masks exact)"
@@ -246,6 +247,10 @@ def train_overlay_seg_cmd(
               f"{op['val_frames']} val frames: recall {chosen['recall']:.3f} (worst source "
               f"{chosen['recall_worst_source']:.3f}), altered {chosen['altered_pct']:.2f} % (worst source "
               f"{chosen['altered_pct_worst_source']:.2f} %)")
+    q_path = out_dir / "overlay-fcn-int8.onnx"
+    if int8 and q_path.is_file():
+        q_op = json.loads(q_path.with_suffix(".json").read_text())["operating_point"]
+        out.print(f"wrote {q_path} (INT8); thresholds {q_op['threshold']:g} / {q_op['high_threshold']:g}")
 
 
 @eval_app.command("head-seg")
@@ -756,7 +761,7 @@ def sector_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or fold
 def clean_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or folders."),
               out_dir: Path = typer.Option(..., "--out", help="Output folder: cleaned images, removed-pixel masks, cleaning.csv."),
               inside: str = typer.Option("learned", "--inside", help="Inside the sector: learned (overlay-pixel model) or rules (drawn-stroke gates)."),
-              overlay_model: str = typer.Option("overlay-fcn", "--overlay-model", help="Bundled name or .onnx path of the overlay-pixel model (e.g. from 'fetalkit train overlay-seg')."),
+              overlay_model: str = typer.Option("overlay-fcn-int8", "--overlay-model", help="Bundled name (overlay-fcn-int8, overlay-fcn) or .onnx path of the overlay-pixel model (e.g. from 'fetalkit train overlay-seg')."),
               threshold: Optional[float] = typer.Option(None, "--threshold", help="Low overlay probability threshold (default: the model card's operating point)."),
               high_threshold: Optional[float] = typer.Option(None, "--high-threshold", help="A group of pixels above --threshold counts only when one reaches this (default: the card's)."),
               quiet: bool = typer.Option(False, "--quiet", "-q")):

@@ -150,7 +150,8 @@ class TextRemovalParams:
         a small fully convolutional network trained on pasted overlays, see
         ``fetalkit train overlay-seg``) about every pixel near a seed;
         ``"rules"`` uses the drawn-stroke gates (``inside_*``, ``link_px``).
-    overlay_model : bundled name or ``.onnx`` path of the overlay-pixel model.
+    overlay_model : bundled name or ``.onnx`` path of the overlay-pixel model
+        (``overlay-fcn-int8``, its static INT8 version, by default; ``overlay-fcn`` is the FP32 one).
     learned_threshold : probability above which a pixel may count as overlay
         (the low threshold of a hysteresis); ``None`` takes the operating point
         stored in the model's card.
@@ -182,7 +183,7 @@ class TextRemovalParams:
     colour_min_chroma: int = 60
     fill_outside: str = "background"
     inside_method: str = "learned"
-    overlay_model: str = "overlay-fcn"
+    overlay_model: str = "overlay-fcn-int8"
     learned_threshold: Optional[float] = None
     learned_high_threshold: Optional[float] = None
     learned_halo_px: int = 8
@@ -380,12 +381,32 @@ def _accepted(c: _Components, params: TextRemovalParams, coloured: bool = False)
         drawn &= (c.plateau >= params.inside_min_plateau) & (c.score() >= params.inside_min_score)
     eligible = (c.area_px >= params.min_component_px) & (~c.inside | drawn)
     eligible[0] = False
-    keep = eligible & c.seeded
-    if params.link_px > 0 and keep.any():
-        # hysteresis at the component level: dim pieces next to accepted strokes
-        near = cv2.dilate(keep[c.labels].view(np.uint8), _square(2 * params.link_px + 1))
-        keep |= eligible & (np.bincount(c.labels[near > 0], minlength=keep.size) > 0)
+    return _seeded_and_linked(c.labels, eligible, c.seeded, params.link_px)
+
+
+def _seeded_and_linked(labels: np.ndarray, eligible: np.ndarray, seeded: np.ndarray, link_px: int) -> np.ndarray:
+    """Eligible components holding a seed, then (hysteresis at the component level) eligible
+    dim pieces within ``link_px`` of them; per-label bool."""
+    keep = eligible & seeded
+    if link_px > 0 and keep.any():
+        near = cv2.dilate(np.take(keep.view(np.uint8), labels), _square(2 * link_px + 1))
+        keep |= eligible & (np.bincount(labels[near > 0], minlength=keep.size) > 0)
     return keep
+
+
+def _outside_accepted(candidate: np.ndarray, seed: np.ndarray, params: TextRemovalParams
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, per-label verdict) for candidates outside the sector, where no anatomy is:
+    every seeded component counts (the verdict of :func:`_accepted` there, without
+    measuring the shape features it does not use)."""
+    n, labels = cv2.connectedComponents(candidate.view(np.uint8), connectivity=8)
+    if params.min_component_px > 1:
+        eligible = np.bincount(labels.ravel(), minlength=n) >= params.min_component_px
+    else:
+        eligible = np.ones(n, bool)
+    eligible[0] = False
+    seeded = np.bincount(labels[seed & candidate], minlength=n) > 0
+    return labels, _seeded_and_linked(labels, eligible, seeded, params.link_px)
 
 
 def overlay_seeds(image: np.ndarray, inside: np.ndarray, params: TextRemovalParams = TextRemovalParams()
@@ -425,15 +446,18 @@ def _detect(gray: np.ndarray, tophat: np.ndarray, chroma: Optional[np.ndarray], 
         # coloured marks are labelled on their own, so that a caliper dot touching
         # a bright echo does not carry the echo along
         candidate &= ~colour
-    comps = _components(gray, tophat, candidate, seed, inside, params)
-    accepted = _accepted(comps, params)
     learned = params.inside_method == "learned"
     if learned:
-        accepted &= ~comps.inside  # inside the sector the model decides, pixel by pixel
-    mask = accepted[comps.labels]
+        # the rules judge only what lies outside the sector; inside it the model decides
+        # pixel by pixel, so a label over a bright echo does not carry the echo along
+        labels, keep = _outside_accepted(candidate & ~inside, seed, params)
+    else:
+        comps = _components(gray, tophat, candidate, seed, inside, params)
+        labels, keep = comps.labels, _accepted(comps, params)
+    mask = np.take(keep, labels)
     if colour is not None and colour.any():
         colour_comps = _components(gray, tophat, colour, colour, inside, params)
-        mask |= _accepted(colour_comps, params, coloured=True)[colour_comps.labels]
+        mask |= np.take(_accepted(colour_comps, params, coloured=True), colour_comps.labels)
     mask = mask.view(np.uint8)
     if params.dilation_px > 1:
         mask = cv2.dilate(mask, _square(params.dilation_px))
@@ -489,7 +513,7 @@ def hysteresis_mask(candidate: np.ndarray, seed: np.ndarray) -> np.ndarray:
     n, labels = cv2.connectedComponents(cand.view(np.uint8), connectivity=8)
     keep = np.bincount(labels[seed[y:y + h, x:x + w] & cand], minlength=n) > 0
     keep[0] = False
-    out[y:y + h, x:x + w] = keep[labels]
+    out[y:y + h, x:x + w] = np.take(keep, labels)
     return out
 
 

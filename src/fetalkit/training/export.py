@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -122,48 +123,57 @@ def is_decode_tail(node_name: str) -> bool:
     return not node_name.startswith(NETWORK_PREFIXES)
 
 
-def quantize_detector(fp32_path: Path, out_path: Path, calibration: list, name: str | None = None,
-                      keep_float: tuple[str, ...] = ()) -> dict:
-    """Static INT8 (QDQ, per-channel weights, MinMax calibration) with onnxruntime's
-    quantize_static on calibration images (H x W uint8); the card is the FP32 card with
-    ``precision: int8``.  Nodes whose names start with a prefix in ``keep_float`` stay
-    in float (mixed precision)."""
+def quantize_qdq(fp32_path: Path, out_path: Path, batches: list[dict], op_types: list[str],
+                 keep_float: Callable[[str], bool] = lambda name: False) -> None:
+    """Static INT8 with onnxruntime's quantize_static: QDQ, per-channel int8 weights, uint8
+    activations, MinMax calibration on ``batches`` (input feeds); nodes for which
+    ``keep_float(name)`` is true stay in float.  The file is written atomically."""
     import tempfile
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    from fetalkit.runtime.card import read_card
-    from fetalkit.runtime.detector import OnnxDetector
-
-    det = OnnxDetector(fp32_path, threads=2)
-    batches = [det.prepare(im)[0] for im in calibration]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.it = iter(batches)
 
         def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {det.input_name: x}
+            return next(self.it, None)
 
-    import onnx
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        exclude = [n.name for n in onnx.load(str(pre)).graph.node
-                   if n.name.startswith(tuple(keep_float)) or is_decode_tail(n.name)]
+        exclude = [n.name for n in onnx.load(str(pre)).graph.node if keep_float(n.name)]
         q = Path(tmp) / "int8.onnx"
         quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        op_types_to_quantize=["Conv", "Add", "Relu", "Clip", "Resize", "MaxPool", "Mul"],
-                        nodes_to_exclude=exclude)
+                        op_types_to_quantize=op_types, nodes_to_exclude=exclude)
         atomic_write_bytes(out_path, q.read_bytes())
+
+
+def int8_card(fp32_path: Path, out_path: Path, name: str | None, quantisation: dict) -> dict:
+    """The FP32 model's card with ``precision: int8``, the quantisation notes and no figures yet."""
+    from fetalkit.runtime.card import read_card
     card = read_card(fp32_path)
-    card.update(name=name or out_path.stem, precision="int8",
-                quantisation={"method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations; "
-                                        "box decoding in float",
-                              "kept_float": list(keep_float),
-                              "calibration_images": len(calibration), "from": fp32_path.name},
+    card.update(name=name or out_path.stem, precision="int8", quantisation=quantisation | {"from": fp32_path.name},
                 metrics={})
     card.pop("speed", None)
+    return card
+
+
+def quantize_detector(fp32_path: Path, out_path: Path, calibration: list, name: str | None = None,
+                      keep_float: tuple[str, ...] = ()) -> dict:
+    """Static INT8 of a detector (:func:`quantize_qdq`) on calibration images (H x W uint8);
+    the card is the FP32 card with ``precision: int8``.  Nodes whose names start with a
+    prefix in ``keep_float`` stay in float (mixed precision), as does the box decoding."""
+    from fetalkit.runtime.detector import OnnxDetector
+
+    det = OnnxDetector(fp32_path, threads=2)
+    batches = [{det.input_name: det.prepare(im)[0]} for im in calibration]
+    quantize_qdq(fp32_path, out_path, batches, ["Conv", "Add", "Relu", "Clip", "Resize", "MaxPool", "Mul"],
+                 lambda name: name.startswith(tuple(keep_float)) or is_decode_tail(name))
+    card = int8_card(fp32_path, out_path, name, {
+        "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations; box decoding in float",
+        "kept_float": list(keep_float), "calibration_images": len(calibration)})
     write_card(out_path, card)
     return card

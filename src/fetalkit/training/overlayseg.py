@@ -17,7 +17,9 @@ split with the same scoring as ``benchmarks/measure_text_removal.py``: a pair
 of probability thresholds (a hysteresis: pixels above the low one count when
 their 8-connected group reaches the high one) whose mean overlay recall is at
 least ``min_recall`` on every source folder (de-identification puts recall
-first) and that, among those, alters the fewest anatomy pixels.
+first) and that, among those, alters the fewest anatomy pixels.  The run also
+writes a static INT8 version (convolutions quantised, calibrated on seed crops
+of train frames; about 1.4x faster on 2 AVX2 cores) with its own operating point.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ from fetalkit.errors import DataError
 from fetalkit.evaluation.text import mean_of, sector_or_frame, score_cleaners
 from fetalkit.io.images import read_gray
 from fetalkit.preprocess.jobs import clean_frame
-from fetalkit.preprocess.text import OVERLAY_TASK, TextRemovalParams, draw_synthetic_overlays, overlay_seeds
+from fetalkit.preprocess.text import (OVERLAY_TASK, TextRemovalParams, draw_synthetic_overlays, overlay_crops,
+                                      overlay_seeds)
 from fetalkit.runtime.card import write_card
+from fetalkit.training.export import int8_card, quantize_qdq
 from fetalkit.training.models import count_parameters
 from fetalkit.training.runs import RunFiles, default_device, seed_everything
 
@@ -62,6 +66,8 @@ class OverlayTrainConfig:
     patches_per_draw: int = 16
     min_recall: float = 0.96
     n_val_frames: int = 30           # per source folder, for the operating point
+    int8: bool = True                # also write overlay-fcn-int8.onnx (static INT8, its own operating point)
+    n_calibration_frames: int = 40   # train frames whose seed crops calibrate the INT8 model
     seed: int = 0
     split_seed: Optional[int] = None
     threads: int = 2
@@ -218,6 +224,36 @@ def export_overlay_model(model: OverlayFCN, out_path: Path, card: dict) -> dict:
     return card
 
 
+def calibration_feeds(paths: Sequence[Path], seed: int, max_crops_per_frame: int = 6) -> list[dict]:
+    """Model inputs as the cleaner makes them: seed crops of frames with pasted overlays."""
+    rng = np.random.default_rng(seed)
+    params = TextRemovalParams()
+    feeds = []
+    for path in paths:
+        gray = read_gray(path)
+        sector = sector_or_frame(gray)
+        syn = draw_training_overlays(gray, sector, rng)
+        seeds = (overlay_seeds(syn.image, sector > 0, params) & (sector > 0)).view(np.uint8)
+        for x0, y0, x1, y1 in overlay_crops(seeds, params.learned_halo_px)[:max_crops_per_frame]:
+            feeds.append({"image": (syn.image[None, None, y0:y1, x0:x1] / np.float32(255.0)).astype(np.float32)})
+    if not feeds:
+        raise DataError("no calibration crops: the frames have no bright seed pixels inside their sector")
+    return feeds
+
+
+def quantize_overlay_model(fp32_path: Path, out_path: Path, calibration_paths: Sequence[Path], seed: int) -> dict:
+    """Static INT8 of the convolutions (QDQ; the in-graph top-hat stays in float, where it is
+    exact); the card is the FP32 card with ``precision: int8``, written beside the file."""
+    feeds = calibration_feeds(calibration_paths, seed)
+    quantize_qdq(fp32_path, out_path, feeds, ["Conv", "Relu"])
+    card = int8_card(fp32_path, out_path, None, {
+        "method": "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations; "
+                  "Conv + Relu quantised, the top-hat in float",
+        "calibration_crops": len(feeds), "calibration_frames": len(calibration_paths)})
+    write_card(out_path, card)
+    return card
+
+
 def operating_grid() -> list[tuple[float, float]]:
     """(low, high) pairs tried: every plain threshold (high = low) and hysteresis pairs."""
     plain = [(t, t) for t in THRESHOLD_GRID]
@@ -331,4 +367,12 @@ def train_overlay_seg(train_paths: Sequence[Path], val_paths: Sequence[Path], ou
     card["operating_point"] = {**card["operating_point"], **point,
                                "val_frames": len(chosen), "sweep": sweep}
     write_card(onnx_path, card)
+    if cfg.int8:
+        # INT8 shifts the probabilities a little, so it gets its own operating point by the same rule
+        q_path = Path(out_dir) / "overlay-fcn-int8.onnx"
+        q_card = quantize_overlay_model(onnx_path, q_path, _spread(train_paths, cfg.n_calibration_frames, cfg.seed),
+                                        cfg.seed)
+        point, sweep = choose_operating_point(q_path, chosen, cfg.min_recall, seed=cfg.seed)
+        q_card["operating_point"] = {**q_card["operating_point"], **point, "sweep": sweep}
+        write_card(q_path, q_card)
     return card
