@@ -503,7 +503,7 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
              ssim_threshold: float = typer.Option(0.6, "--ssim-threshold", help="BBoxHoldSim: hold while SSIM to the last detected frame >= T."),
              max_hold_frames: int = typer.Option(150, help="BBoxHoldSim: longest hold in frames."),
              style: str = typer.Option("fill", "--style", help="fill, blur or pixelate."),
-             margin: float = typer.Option(0.1, "--margin", help="Grow masks by this many px (>= 1) or this fraction of the box's longer side (< 1)."),
+             margin: float = typer.Option(None, "--margin", help="Grow masks by this many px (>= 1) or this fraction of the box's longer side (< 1); default 0.15."),
              min_size: float = typer.Option(0.0, "--min-size", help="Smallest mask side in px."),
              fail_safe: str = typer.Option("sector", "--fail-safe", help="When detection fails on a frame: blank the imaging sector, or the whole frame."),
              conf: float = typer.Option(None, help="Confidence threshold (default: the model's operating point)."),
@@ -530,7 +530,8 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
     det = OnnxDetector(resolve_model(model, "detector"), threads=threads,
                        class_names=class_names.split(",") if class_names else None)
     cfg = MaskConfig(classes=classes.split(",") if classes else None, rule=hold, hold_frames=hold_frames,
-                     ssim_threshold=ssim_threshold, max_hold_frames=max_hold_frames, style=style, margin=margin,
+                     ssim_threshold=ssim_threshold, max_hold_frames=max_hold_frames, style=style,
+                     margin=MaskConfig.margin if margin is None else margin,
                      min_size_px=min_size, fail_safe=fail_safe, conf=conf, iou=iou)
     masker = Masker(det, cfg)
     with Progress(console=console, transient=True, disable=quiet) as bar:
@@ -556,7 +557,7 @@ def bench_video_cmd(
     seed: int = typer.Option(0, help="Split seed; also seeds the simulated motion."),
     sequences: int = typer.Option(40, min=1, help="Number of sequences (one per held-out image)."),
     frames: int = typer.Option(60, min=10, help="Frames per sequence."),
-    margin: float = typer.Option(0.1, help="Mask margin, as in 'fetalkit mask'."),
+    margin: float = typer.Option(None, help="Mask margin, as in 'fetalkit mask' (default: its default, 0.15)."),
     conf: float = typer.Option(None, help="Detector confidence (default: the model's operating point)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for rules.csv, rules.json and tradeoff.png."),
     json_out: bool = typer.Option(False, "--json"),
@@ -569,9 +570,11 @@ def bench_video_cmd(
     from fetalkit.evaluation.video import build_sequences, evaluate_rules, plot_tradeoff, rule_grid, sequence_breakdown
     from fetalkit.io.images import atomic_write_bytes
     from fetalkit.io.jobs import write_csv_rows
+    from fetalkit.masking.pipeline import MaskConfig
     from fetalkit.runtime.detector import OnnxDetector
     from fetalkit.runtime.registry import resolve_model
     from fetalkit.types import ImageDetections
+    margin = MaskConfig.margin if margin is None else margin
     ds = read_detection_set(data)
     if split != "all":
         ds = ds.subset(select_split(ds.groups(), split, seed))
@@ -608,7 +611,7 @@ def bench_video_cmd(
         out.print_json(json.dumps(rows))
         return
     from rich.table import Table
-    table = Table(title=f"{len(seqs)} sequences x {frames} frames, {category}, {det.path.name}")
+    table = Table(title=f"{len(seqs)} sequences x {frames} frames, {category}, {det.path.name}, margin {margin:g}")
     for col in ("rule", "setting", "FN frames", "FN removed", "false-masked", "+pp", "masked area"):
         table.add_column(col)
     for r in rows:

@@ -107,8 +107,12 @@ def plot_tradeoff(rows: list[dict], png_path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for rule, marker, label in (("frames", "o", "BBoxHold (N frames)"), ("ssim", "s", "BBoxHoldSim (SSIM T)")):
-        rs = [r for r in rows if r["rule"] == rule]
+    # one curve per rule and SSIM area (the whole frame, or the imaged area only)
+    for rule, imaged in (("frames", False), ("ssim", False), ("ssim", True)):
+        rs = [r for r in rows if r["rule"] == rule and bool(r.get("ssim_imaged_only")) == imaged]
+        marker = "o" if rule == "frames" else "s"
+        label = ("BBoxHold (N frames)" if rule == "frames" else "BBoxHoldSim (SSIM T)") \
+            + (", imaged area" if imaged else "")
         ax.plot([100 * r["false_masked_rate"] for r in rs], [100 * r["fn_reduction"] for r in rs], marker=marker,
                 label=label)
         for r in rs:
