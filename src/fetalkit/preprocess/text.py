@@ -159,8 +159,8 @@ class TextRemovalParams:
         when one of its pixels reaches this probability, so that faint rims of a
         confident stroke are kept and lone speckle at the low threshold is not;
         ``None`` takes the card's (the low threshold when the card has none).
-    learned_halo_px : context around the seeds given to the model (its
-        receptive field reaches 8 px).
+    learned_halo_px : context around the seeds given to the model (beyond it
+        the model sees zero padding).
     """
 
     tophat_kernel_px: int = 7
