@@ -91,3 +91,15 @@ def test_ssim_over_the_imaged_area_ignores_the_common_black_surround():
     whole, imaged = ssim(a, b), ssim(a, b, imaged_only=True)
     assert whole > 0.5 and imaged < whole - 0.2          # the black surround inflates the whole-frame value
     assert ssim(a, a, imaged_only=True) == pytest.approx(1.0)
+
+
+def test_bboxholdsim_downscales_only_the_frames_an_ssim_needs(monkeypatch):
+    import fetalkit.masking.hold as hold
+    calls = []
+    monkeypatch.setattr(hold, "downscale_gray", lambda f: calls.append(f) or f[::4, ::4].astype(np.float64))
+    frames = still_frames(6)
+    seq = [dets((0, *BOX))] * 4 + [dets(), dets()]
+    steps = run(HoldRule("ssim", ssim_threshold=0.6), frames, seq)
+    assert [len(s.masks.labels) for s in steps] == [1] * 6
+    # detected in frames 0-3: nothing downscaled; frame 4: it and the reference (frame 3); frame 5: itself
+    assert [id(f) for f in calls] == [id(frames[4]), id(frames[3]), id(frames[5])]

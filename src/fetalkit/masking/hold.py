@@ -86,11 +86,26 @@ class HoldStep:
     ssim: dict[int, float] = field(default_factory=dict)   # class -> SSIM vs its reference (when computed)
 
 
+class _Frame:
+    """A frame whose downscaled copy is made only when an SSIM needs it: while the
+    detector keeps finding a box, no frame is ever downscaled."""
+
+    def __init__(self, gray: np.ndarray):
+        self.gray = gray
+        self._small: np.ndarray | None = None
+
+    @property
+    def small(self) -> np.ndarray:
+        if self._small is None:
+            self._small = downscale_gray(self.gray)
+        return self._small
+
+
 @dataclass
 class _Track:
     box_xyxy: np.ndarray
     score: float
-    reference: np.ndarray | None      # downscaled frame of the box's last detection (ssim rule)
+    reference: _Frame | None          # the frame of the box's last detection (ssim rule)
     age: int = 0                      # frames since the last detection
 
 
@@ -123,31 +138,31 @@ class HoldRule:
     def reset(self) -> None:
         self.tracks.clear()
 
-    def _keep(self, track: _Track, small, memo: dict) -> tuple[bool, float | None]:
+    def _keep(self, track: _Track, current: _Frame, memo: dict) -> tuple[bool, float | None]:
         if self.rule == "frames":
             return track.age <= self.hold_frames, None
         if self.rule == "ssim" and track.age <= self.max_hold_frames:
             key = id(track.reference)
             if key not in memo:  # tracks detected on one frame share its SSIM
-                memo[key] = ssim(small, track.reference, imaged_only=self.ssim_imaged_only)
+                memo[key] = ssim(current.small, track.reference.small, imaged_only=self.ssim_imaged_only)
             return memo[key] >= self.ssim_threshold, memo[key]
         return False, None
 
     def update(self, frame: np.ndarray, detections: ImageDetections) -> HoldStep:
         """Feed one frame (H x W uint8) and its detections; get the boxes to mask."""
         from fetalkit.detection.boxes import box_iou
-        small = downscale_gray(frame) if self.rule == "ssim" else None
+        current = _Frame(frame) if self.rule == "ssim" else None
         boxes, scores, labels, held, sims, memo = [], [], [], [], {}, {}
         classes = set(self.tracks) | {int(k) for k in detections.labels}
         for k in sorted(classes):
             mine = detections.labels == k
             found, found_scores = detections.boxes_xyxy[mine], detections.scores[mine]
-            tracks = [_Track(b.copy(), float(s), small) for b, s in zip(found, found_scores)]
+            tracks = [_Track(b.copy(), float(s), current) for b, s in zip(found, found_scores)]
             for t in self.tracks.get(k, []):
                 if len(found) and box_iou(t.box_xyxy[None], found).max() >= self.MATCH_IOU:
                     continue  # superseded by the new detection
                 t.age += 1
-                keep, value = self._keep(t, small, memo)
+                keep, value = self._keep(t, current, memo)
                 if value is not None:
                     sims.setdefault(k, value)
                 if keep:
