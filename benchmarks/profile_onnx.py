@@ -1,6 +1,6 @@
 """Where an ONNX detector spends its time: onnxruntime's profiler, grouped by network part.
 
-    python benchmarks/profile_onnx.py MODEL.onnx [MODEL2.onnx ...] [--threads 1] [--runs 200]
+    python benchmarks/profile_onnx.py MODEL.onnx [MODEL2.onnx ...] [--threads 1] [--runs 200] [--hw 160 256]
 
 Per model: kernel time per run (ms) and its share, split into backbone / FPN /
 classification head / regression head / the rest (input normalisation, box decoding),
@@ -22,14 +22,15 @@ PARTS = (("backbone/body", "backbone"), ("fpn", "fpn"), ("classification_head", 
          ("regression_head", "head_reg"))
 
 
-def profile(path: str, threads: int, runs: int) -> tuple[dict, float]:
+def profile(path: str, threads: int, runs: int, hw: tuple[int, int]) -> tuple[dict, float]:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.enable_profiling = True
     opts.profile_file_prefix = tempfile.mkdtemp() + "/prof"
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    x = np.random.default_rng(0).integers(0, 255, (1, *[int(d) for d in inp.shape[1:]])).astype(np.float32)
+    shape = [d if isinstance(d, int) else size for d, size in zip(inp.shape[1:], (1, *hw))]  # free sides: --hw
+    x = np.random.default_rng(0).integers(0, 255, (1, *shape)).astype(np.float32)
     for _ in range(runs):
         sess.run(None, {inp.name: x})
     events = json.load(open(sess.end_profiling()))
@@ -48,8 +49,9 @@ def main() -> None:
     ap.add_argument("models", nargs="+")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--hw", type=int, nargs=2, default=(256, 256), help="Input size of a model with free input sides.")
     args = ap.parse_args()
-    results = [(m, *profile(m, args.threads, args.runs)) for m in args.models]
+    results = [(m, *profile(m, args.threads, args.runs, tuple(args.hw))) for m in args.models]
     keys = sorted({k for _, by, _ in results for k in by})
     print(f"{'part / operators':22s}" + "".join(f"{m.rsplit('/', 1)[-1][:28]:>30s}" for m, _, _ in results))
     for k in keys:

@@ -217,6 +217,12 @@ def test_letterbox_keeps_aspect_and_scale():
     assert (out[:32] == 7).all() and (out[32:] == 0).all()
     out, _ = letterbox(image, 64, centre=True, pad_value=114)
     assert (out[16:48] == 7).all() and (out[:16] == 114).all()
+    # free input sides: pad only up to the next multiple (90 x 200 -> 29 x 64 -> 32 x 64)
+    out, scale = letterbox(np.full((90, 200), 7, np.uint8), 64, multiple=16)
+    assert out.shape == (32, 64) and scale == pytest.approx(0.32)
+    assert (out[:29] == 7).all() and (out[29:] == 0).all()
+    out, _ = letterbox(np.full((200, 90), 7, np.uint8), 64, multiple=16)
+    assert out.shape == (64, 32)
 
 
 def test_data_boxes_cli_on_psfhs_and_fpus23(tmp_path):

@@ -109,6 +109,16 @@ def test_export_parity_int8_and_runtime(trained, blob_set, tmp_path):
     with torch.no_grad():
         tb, ts = DenseDetectorExport(model, cfg.size)(torch.from_numpy(x))
     assert np.abs(tb[0].numpy() / scale - boxes).max() < 1e-3 and np.abs(ts[0].numpy() - scores).max() < 1e-4
+    # a wide frame goes in as a rectangle (64 x 128 -> 128 x 64 input), the same as torch on it
+    assert card["input_multiple"] == 32
+    wide = np.concatenate([image, image[:, ::-1]], axis=1)
+    x, scale, _ = det.prepare(wide)
+    assert x.shape == (1, 1, 64, 128)
+    wide_boxes, wide_scores = det.candidates(wide)
+    with torch.no_grad():
+        tb, ts = DenseDetectorExport(model, cfg.size)(torch.from_numpy(x))
+    assert np.abs(np.minimum(tb[0].numpy() / scale, [128, 64, 128, 64]) - wide_boxes).max() < 1e-3
+    assert np.abs(ts[0].numpy() - wide_scores).max() < 1e-4
     q = OnnxDetector(tmp_path / "det-int8.onnx")
     assert json.loads((tmp_path / "det-int8.json").read_text())["precision"] == "int8"
     qb, qs = q.candidates(image)
@@ -120,6 +130,42 @@ def test_export_parity_int8_and_runtime(trained, blob_set, tmp_path):
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     tail = [n for n in graph.node if is_decode_tail(n.name) and n.op_type in ("Add", "Mul", "Sub", "Gather")]
     assert tail and not [n.name for n in tail if dequantized & set(n.input)]
+
+
+@pytest.mark.parametrize("arch", ["fcos-mnv2", "fcos-mnv2-bn", "retinanet-mnv2"])
+def test_export_anchors_are_torchvisions(arch):
+    """The in-graph anchors of the export equal torchvision's own on a square input."""
+    from torchvision.models.detection.image_list import ImageList
+    from fetalkit.training.detectors import DenseDetectorExport, build_detector
+    model = build_detector(arch, 2, 128, init="random").eval()
+    wrapper = DenseDetectorExport(model, 128)
+    x = torch.zeros(1, 1, 128, 128)
+    with torch.no_grad():
+        feats = list(model.backbone(x).values())
+        ref = model.anchor_generator(ImageList(x, [(128, 128)]), feats)[0]
+        assert torch.equal(wrapper.anchors(feats), ref)
+        # a rectangle whose sides the coarsest stride divides: torchvision's anchors for it too
+        x = torch.zeros(1, 1, 256, 384)
+        feats = list(model.backbone(x).values())
+        assert torch.equal(wrapper.anchors(feats), model.anchor_generator(ImageList(x, [(256, 384)]), feats)[0])
+
+
+def test_level_norm_head_trains_and_exports(blob_set, tmp_path):
+    """fcos-mnv2-bn: no GroupNorm anywhere, one BatchNorm per level, exports with free input sides."""
+    run = tmp_path / "bn"
+    res = fetalkit("train", "detector", "--data", blob_set, "--out", run, "--epochs", "1", "--batch-size", "8",
+                   "--size", "128", "--init", "random", "--arch", "fcos-mnv2-bn", "--aspect-crops", "0.5")
+    assert res.returncode == 0, res.stderr
+    from fetalkit.training.detect import load_detector_checkpoint
+    model, cfg, _ = load_detector_checkpoint(run / "best.pt")
+    assert cfg.aspect_crops == 0.5
+    assert not [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(model.head.classification_head.tower.norms) == 4
+    assert fetalkit("export", "detector", run / "best.pt", "--out", tmp_path / "bn.onnx").returncode == 0
+    from fetalkit.runtime.detector import OnnxDetector
+    det = OnnxDetector(tmp_path / "bn.onnx")
+    boxes, scores = det.candidates(np.zeros((40, 128), np.uint8))
+    assert det.prepare(np.zeros((40, 128), np.uint8))[0].shape == (1, 1, 64, 128) and boxes.shape[0] == scores.shape[0]
 
 
 def test_eval_detect_and_sweep_cli(trained, blob_set, tmp_path):

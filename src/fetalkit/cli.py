@@ -152,13 +152,14 @@ def train_psfhs_seg_cmd(
 def train_detector_cmd(
     data: Path = typer.Option(..., "--data", help="COCO folder (annotations.json + images/) or YOLO folder, e.g. from 'fetalkit data boxes'."),
     out_dir: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.csv, metrics.png, split.txt."),
-    arch: str = typer.Option("fcos-mnv2", help="Architecture (fetalkit.training.detectors.DET_ARCHS): fcos-mnv2, retinanet-mnv2, fasterrcnn-mnv2."),
+    arch: str = typer.Option("fcos-mnv2", help="Architecture (fetalkit.training.detectors.DET_ARCHS): fcos-mnv2, fcos-mnv2-bn, retinanet-mnv2, fasterrcnn-mnv2."),
     init: str = typer.Option("imagenet", help="Backbone initialisation: imagenet (offline weights) or random."),
     epochs: int = typer.Option(16, min=1),
     batch_size: int = typer.Option(16, min=1),
     lr: float = typer.Option(2e-3, help="Peak one-cycle learning rate (the pretrained trunk gets lr/3)."),
     size: int = typer.Option(256, help="Square letterboxed input size (a multiple of 32)."),
     hflip: bool = typer.Option(True, help="Horizontal flip augmentation (also mimics an inverted probe)."),
+    aspect_crops: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a box-safe crop of random aspect ratio, letterboxed again (for scanner frames wider or taller than the training images)."),
     seed: int = typer.Option(0, help="Seed of the initialisation, the augmentation and (unless --split-seed) the split."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed); keep it to retrain with another --seed on the same split."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
@@ -171,7 +172,7 @@ def train_detector_cmd(
     if size % 32 or size < 128:
         fail(f"--size must be a multiple of 32 and at least 128 (the coarsest level needs 2 x 2 cells), got {size}")
     cfg = DetTrainConfig(arch=arch, init=init, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         threads=threads, hflip=hflip, split_seed=split_seed)
+                         threads=threads, hflip=hflip, split_seed=split_seed, aspect_crops=aspect_crops)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
     with Progress(console=console) as bar:

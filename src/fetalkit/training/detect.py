@@ -41,6 +41,9 @@ class DetTrainConfig:
     seed: int = 0
     threads: int = 2
     hflip: bool = True                # also mimics an inverted probe (FPUS23)
+    # probability of re-letterboxing a random box-safe crop: frames of other aspect ratios,
+    # with the padding a wide or tall scanner frame gets at run time
+    aspect_crops: float = 0.0
     categories: list[str] = field(default_factory=list)
     split_seed: Optional[int] = None  # None: ``seed`` (another seed then trains on the same split)
 
@@ -73,11 +76,17 @@ def load_letterboxed(ds: DetSet, size: int, progress: Optional[Callable[[int, in
     return LetterboxedSet(np.stack(images), boxes, [s.labels for s in ds.samples], np.asarray(scales))
 
 
-def build_augment(seed: int, size: int, hflip: bool):
+def build_augment(seed: int, size: int, hflip: bool, aspect_crops: float = 0.0):
     """The paper's augmentations, in albumentations: ShiftScaleRotate (as Affine), brightness /
-    contrast (RGBShift has no meaning on gray), horizontal flip, RandomSizedBBoxSafeCrop, Blur."""
+    contrast (RGBShift has no meaning on gray), horizontal flip, RandomSizedBBoxSafeCrop, Blur;
+    with ``aspect_crops``, also a box-safe crop of any aspect ratio letterboxed again."""
     import albumentations as A
-    return A.Compose([
+    reframe = [A.Sequential([
+        A.BBoxSafeRandomCrop(erosion_rate=0.0),
+        A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
+        A.PadIfNeeded(size, size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0),
+    ], p=aspect_crops)] if aspect_crops > 0 else []
+    return A.Compose(reframe + [
         A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08), rotate=(-5, 5), rotate_method="ellipse",
                  border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.6),
@@ -166,7 +175,7 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
     device = default_device()
     model = build_detector(cfg.arch, len(cfg.categories), cfg.size, cfg.init).to(device)
     g = torch.Generator().manual_seed(cfg.seed)
-    augment = build_augment(cfg.seed, cfg.size, cfg.hflip)
+    augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops)
     loader = torch.utils.data.DataLoader(DetDataset(data, train_idx, augment), batch_size=cfg.batch_size,
                                          shuffle=True, drop_last=True, generator=g, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, len(loader))

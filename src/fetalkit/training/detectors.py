@@ -19,7 +19,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
@@ -71,6 +71,66 @@ def _fcos(num_classes: int, size: int, init: str) -> nn.Module:
                 detections_per_img=50, topk_candidates=200, **_transform_kwargs(size))
 
 
+class _LevelNormTower(nn.Module):
+    """``num_convs`` 3x3 convolutions shared by all FPN levels, each followed by a
+    BatchNorm of its own per level (as in EfficientDet: level statistics differ).
+
+    Unlike torchvision's GroupNorm head (32 groups on 32 channels is a per-image
+    instance norm), every output depends only on its receptive field, so padding a
+    frame less or more changes nothing away from the padding; at export the norms
+    fold into the convolutions and the whole head can run in INT8.
+    """
+
+    def __init__(self, channels: int, num_convs: int, num_levels: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(num_convs))
+        self.norms = nn.ModuleList(nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(num_convs))
+                                   for _ in range(num_levels))
+        for conv in self.convs:
+            nn.init.normal_(conv.weight, std=0.01)
+
+    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        for conv, norm in zip(self.convs, self.norms[level]):
+            x = torch.relu(norm(conv(x)))
+        return x
+
+
+def _per_level(x: torch.Tensor, per_anchor: int) -> torch.Tensor:
+    """(N, A * K, H, W) -> (N, HWA, K), torchvision's order."""
+    n, _, h, w = x.shape
+    return x.view(n, -1, per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, per_anchor)
+
+
+class _LevelNormClassificationHead(FCOSClassificationHead):
+    def __init__(self, channels: int, num_anchors: int, num_classes: int, num_convs: int, num_levels: int):
+        super().__init__(channels, num_anchors, num_classes, 0)  # no torchvision tower: ours below
+        self.tower = _LevelNormTower(channels, num_convs, num_levels)
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([_per_level(self.cls_logits(self.tower(f, i)), self.num_classes) for i, f in enumerate(x)], 1)
+
+
+class _LevelNormRegressionHead(FCOSRegressionHead):
+    def __init__(self, channels: int, num_anchors: int, num_convs: int, num_levels: int):
+        super().__init__(channels, num_anchors, 0)
+        self.tower = _LevelNormTower(channels, num_convs, num_levels)
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = [self.tower(f, i) for i, f in enumerate(x)]
+        reg = [_per_level(torch.relu(self.bbox_reg(f)), 4) for f in feats]
+        ctr = [_per_level(self.bbox_ctrness(f), 1) for f in feats]
+        return torch.cat(reg, 1), torch.cat(ctr, 1)
+
+
+def _fcos_bn(num_classes: int, size: int, init: str) -> nn.Module:
+    """``_fcos`` with a per-level BatchNorm head instead of torchvision's GroupNorm head."""
+    model = _fcos(num_classes, size, init)
+    head = model.head
+    head.classification_head = _LevelNormClassificationHead(32, 1, num_classes + 1, num_convs=2, num_levels=4)
+    head.regression_head = _LevelNormRegressionHead(32, 1, num_convs=2, num_levels=4)
+    return model
+
+
 def _retinanet(num_classes: int, size: int, init: str) -> nn.Module:
     backbone = mobilenet_v2_fpn(64, LastLevelP6P7(64, 64), init)
     sizes = tuple((s, int(s * 1.26), int(s * 1.59)) for s in (16, 32, 64, 128, 256))
@@ -106,6 +166,8 @@ class DetArch:
 DET_ARCHS: dict[str, DetArch] = {
     "fcos-mnv2": DetArch("fcos-mnv2", _fcos, True,
                          "FCOS, MobileNetV2 to stride 16 + 32-channel FPN (P3-P6), 2-conv head: the fast model"),
+    "fcos-mnv2-bn": DetArch("fcos-mnv2-bn", _fcos_bn, True,
+                            "fcos-mnv2 with a per-level BatchNorm head (padding-independent, all-INT8): the fast model"),
     "retinanet-mnv2": DetArch("retinanet-mnv2", _retinanet, True,
                               "RetinaNet, MobileNetV2 + 64-channel FPN (P3-P7), 9 anchors per place"),
     "fasterrcnn-mnv2": DetArch("fasterrcnn-mnv2", _faster_rcnn, False,
@@ -120,6 +182,12 @@ def build_detector(arch: str, num_classes: int, size: int = 256, init: str = "im
     return DET_ARCHS[arch].build(num_classes, size, init)
 
 
+# Input sides of an exported dense detector must be multiples of this (the coarsest
+# FPN level of every architecture here has stride 64 or less; 32 keeps wide frames
+# cheap, and odd level sizes are handled by the in-graph anchors).
+INPUT_MULTIPLE = 32
+
+
 def backbone_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(pretrained trunk, everything else): the two groups of the discriminative learning rates."""
     trunk = [p for n, p in model.named_parameters() if n.startswith("backbone.body.")]
@@ -130,8 +198,11 @@ def backbone_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.P
 class DenseDetectorExport(nn.Module):
     """The network part of a single-stage detector with box decoding, for ONNX.
 
-    Anchors depend only on the input size, so they are computed once for a fixed
-    ``size`` and stored as a constant; scores follow torchvision's own postprocessing
+    The input height and width are free (each a multiple of ``INPUT_MULTIPLE``), so the
+    runtime can pad a wide frame only up to the next multiple instead of to a square:
+    anchors are built in the graph from each level's feature shape with the level's
+    nominal stride (measured once at ``size``), the same anchors torchvision makes for
+    a square input.  Scores follow torchvision's own postprocessing
     (FCOS: sqrt(sigmoid(class) * sigmoid(centerness)); RetinaNet: sigmoid(class)).
     """
 
@@ -146,8 +217,20 @@ class DenseDetectorExport(nn.Module):
         with torch.no_grad():
             dummy = torch.zeros(1, 1, size, size)
             feats = list(model.backbone(dummy).values())
-            anchors = model.anchor_generator(ImageList(dummy, [(size, size)]), feats)[0]
-        self.register_buffer("anchors", anchors)
+            self.strides = [size // f.shape[-1] for f in feats]
+        for i, cell in enumerate(model.anchor_generator.cell_anchors):  # per level: A x 4 anchors centred on (0, 0)
+            self.register_buffer(f"cell{i}", cell.to(torch.float32))
+
+    def anchors(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """(sum over levels of H x W x A) x 4 anchors, in torchvision's order."""
+        out = []
+        for i, (f, stride) in enumerate(zip(feats, self.strides)):
+            ys = torch.arange(f.shape[-2], dtype=torch.float32) * stride
+            xs = torch.arange(f.shape[-1], dtype=torch.float32) * stride
+            sy, sx = torch.meshgrid(ys, xs, indexing="ij")
+            shifts = torch.stack((sx, sy, sx, sy), dim=-1).reshape(-1, 1, 4)
+            out.append((shifts + getattr(self, f"cell{i}").view(1, -1, 4)).reshape(-1, 4))
+        return torch.cat(out)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (x - self.mean) / self.std
@@ -155,11 +238,11 @@ class DenseDetectorExport(nn.Module):
         out = self.model.head(feats)
         b = x.shape[0]
         reg = out["bbox_regression"]
-        anchors = self.anchors.unsqueeze(0).expand(b, -1, -1).reshape(-1, 4)
+        anchors = self.anchors(feats).unsqueeze(0).expand(b, -1, -1).reshape(-1, 4)
         coder = self.model.box_coder
         decode = coder.decode if self.is_fcos else coder.decode_single
         boxes = decode(reg.reshape(-1, 4), anchors).reshape(b, -1, 4)
-        boxes = boxes.clamp(min=0, max=float(x.shape[-1]))
+        boxes = boxes.clamp(min=0)  # the runtime clips to the image's own edges
         scores = torch.sigmoid(out["cls_logits"])
         if self.is_fcos:
             scores = torch.sqrt(scores * torch.sigmoid(out["bbox_ctrness"]))

@@ -85,19 +85,22 @@ def export_detector(checkpoint: Path, out_path: Path, name: str | None = None) -
     """Export a single-stage detector run to ONNX (dense layout, see fetalkit.runtime.detector) + card."""
     import torch
     from fetalkit.training.detect import load_detector_checkpoint
-    from fetalkit.training.detectors import DET_ARCHS, DenseDetectorExport
+    from fetalkit.training.detectors import DET_ARCHS, INPUT_MULTIPLE, DenseDetectorExport
     from fetalkit.io.images import atomic_writer
     model, cfg, ck = load_detector_checkpoint(checkpoint)
     wrapper = DenseDetectorExport(model, cfg.size).eval()
     x = torch.zeros(1, 1, cfg.size, cfg.size)
     with atomic_writer(out_path) as f:
         torch.onnx.export(wrapper, (x,), f, opset_version=17, input_names=["image"], output_names=["boxes", "scores"],
-                          dynamic_axes={"image": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}},
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        "boxes": {0: "batch", 1: "anchors"}, "scores": {0: "batch", 1: "anchors"}},
                           dynamo=False)
     run_dir = checkpoint.parent
     command = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else ""
     card = {
         "name": name or out_path.stem, "task": "detector", "input_hw": [cfg.size, cfg.size],
+        # the longer side goes to input_hw; the other is padded only to a multiple of this
+        "input_multiple": INPUT_MULTIPLE,
         "normalise": {"mean": 0.0, "std": 1.0, "applied_to": "x / 255 (the graph normalises inside)"},
         "classes": list(cfg.categories), "output": "dense",
         "operating_point": {"conf": 0.25, "iou": 0.6, "chosen_on": "default (run eval detector --sweep --update-card)"},

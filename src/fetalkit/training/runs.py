@@ -29,7 +29,11 @@ def default_device() -> torch.device:
 
 
 def _rng_holders(augment) -> list:
-    return [] if augment is None else [augment, *augment.transforms]
+    """The pipeline and its transforms, depth first (nested compositions hold their own)."""
+    if augment is None:
+        return []
+    return [augment, *[h for t in augment.transforms
+                       for h in (_rng_holders(t) if hasattr(t, "transforms") else [t])]]
 
 
 def augment_state(augment) -> list:
