@@ -1,7 +1,7 @@
 """End-to-end masking speed on a real clip: decode -> detect -> hold -> render -> encode.
 
     python benchmarks/bench_mask_video.py [--clip $FETALKIT_DATA/feecho4d/video/time1.avi] [--model NAME]
-        [--int8 NAME] [--passes 6] [--threads 2] [--pace 100]
+        [--int8 NAME] [--passes 6] [--threads 1] [--pace 100]
 
 In one run, on the same frames (the clip read ``--passes`` times in a row):
 decode alone, MJPG encode alone, the bare detector (in-memory frames), a sequential
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--int8", default=None)
     ap.add_argument("--passes", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads (fetalkit mask uses 1)")
     ap.add_argument("--pace", type=float, default=100.0)
     args = ap.parse_args()
 
@@ -78,7 +78,8 @@ def main() -> None:
         for g in grays:
             det.detect(g)
         bare = rate(len(grays), time.perf_counter() - t)
-        print(f"{'bare detector ' + label + ' (' + det.path.name + ')':44s} {bare:9.1f} {1.0:12.2f}")
+        print(f"{'bare detector ' + label + ' (' + det.path.name + ')':44s} {bare:9.1f} {1.0:12.2f}   "
+              f"input {'x'.join(map(str, det.prepare(grays[0])[0].shape[2:]))}")
 
         masker = Masker(det, MaskConfig())
         sink = VideoSink(tmp / "seq.avi", 25.0, (h, w), color)

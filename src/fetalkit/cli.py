@@ -510,7 +510,7 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
              conf: float = typer.Option(None, help="Confidence threshold (default: the model's operating point)."),
              iou: float = typer.Option(None, help="NMS IoU (default: the model's operating point)."),
              log: Path = typer.Option(None, "--log", help="Write one JSON line per frame (masks, detections, held, ssim, ms)."),
-             threads: int = typer.Option(2, help="onnxruntime threads."),
+             threads: int = typer.Option(1, help="onnxruntime threads (1: decode and encode run on the other core; 2 measured slower)."),
              class_names: str = typer.Option(None, help="Class names of a YOLO ONNX without metadata, comma-separated."),
              quiet: bool = typer.Option(False, "--quiet")):
     """Hide regions of interest in every frame (detector + hold rule + fail-safe), streamed in real time."""

@@ -59,7 +59,7 @@ def run_mask_demo(out_dir: Path, seed: int = 0) -> dict:
     clip = out_dir / "masking" / "phantom_clip.avi"
     truth = phantom_clip(clip, seed=seed)
     masked, log = out_dir / "masking" / "phantom_clip_masked.avi", out_dir / "masking" / "frames.jsonl"
-    det = OnnxDetector(resolve_model(None, "detector"))
+    det = OnnxDetector(resolve_model(None, "detector"), threads=1)  # as fetalkit mask
     report = run_stream(open_source(str(clip)), masked, Masker(det, MaskConfig(classes=["fetal_head"])), log)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     fn = fm = 0

@@ -1,9 +1,10 @@
 """The masking pipeline: per frame detect -> hold rule -> grow -> render -> write, streamed.
 
 Three stages run at once, joined by bounded queues (memory stays flat over any
-length of video): a reader thread decodes, the calling thread detects and applies
-the hold rule (onnxruntime releases the GIL), and a writer thread renders and
-encodes.  Frames keep their order and none is dropped: a queue blocks instead.
+length of video): a reader thread decodes and letterboxes each frame for the
+network, the calling thread detects and applies the hold rule (onnxruntime releases
+the GIL), and a writer thread renders and encodes.  Frames keep their order and none
+is dropped: a queue blocks instead.
 
 Fail-safe: if the detector fails on a frame (an exception, or no result), that frame
 is written with the imaging sector (or the whole frame) blanked and the log says so;
@@ -55,8 +56,18 @@ class MaskConfig:
 @dataclass
 class FrameResult:
     index: int
-    frame: np.ndarray          # what is written
+    frame: np.ndarray          # what is written (the source frame until ``rendered``)
     record: dict               # the JSON log line
+    boxes: Optional[np.ndarray] = None   # rectangles to hide (x1, y1, x2, y2), margin included
+    rendered: bool = True
+
+
+@dataclass
+class PreparedFrame:
+    """What can be done to a frame before detection, on any thread."""
+
+    gray: np.ndarray
+    model_input: object = None   # the detector's ModelInput, when it makes one
 
 
 @dataclass
@@ -88,17 +99,29 @@ class Masker:
                 return None  # no sector found: blank the whole frame
         return self.sector_mask if self.sector_mask.shape == gray.shape else None
 
-    def detect(self, gray: np.ndarray) -> ImageDetections:
-        d = self.detector.detect(gray, self.cfg.conf, self.cfg.iou)
+    def prepare(self, frame: np.ndarray) -> PreparedFrame:
+        """Gray conversion and the detector's letterbox: stateless, so the reader thread runs it."""
+        gray = to_gray(frame)
+        make = getattr(self.detector, "model_input", None)
+        try:
+            return PreparedFrame(gray, make(gray) if make else None)
+        except Exception:  # a fault here is the detector's: step() meets it again and blanks the frame
+            return PreparedFrame(gray)
+
+    def detect(self, pre: PreparedFrame) -> ImageDetections:
+        d = self.detector.detect(pre.model_input if pre.model_input is not None else pre.gray,
+                                 self.cfg.conf, self.cfg.iou)
         m = self.keep[d.labels] if len(d.labels) else np.zeros(0, bool)
         return ImageDetections(d.boxes_xyxy[m], d.scores[m], d.labels[m])
 
-    def step(self, index: int, frame: np.ndarray) -> FrameResult:
-        """Detect + hold on one frame; returns the rendered frame and its log record."""
+    def step(self, index: int, frame: np.ndarray, pre: Optional[PreparedFrame] = None,
+             render: bool = True) -> FrameResult:
+        """Detect + hold on one frame; returns the rendered frame (``render``: else the
+        boxes, for :meth:`render`) and its log record."""
         t0 = time.perf_counter()
-        gray = to_gray(frame)
+        pre = pre or self.prepare(frame)
         try:
-            dets = self.detect(gray)
+            dets = self.detect(pre)
             error = None
         except Exception as e:  # any inference fault -> the fail-safe frame, never an unmasked one
             dets, error = None, f"{type(e).__name__}: {e}"
@@ -106,15 +129,15 @@ class Masker:
         names = self.detector.classes
         if dets is None:
             self.rule.reset()
-            out = blank_frame(frame, self._sector(gray) if self.cfg.fail_safe == "sector" else None)
+            out = blank_frame(frame, self._sector(pre.gray) if self.cfg.fail_safe == "sector" else None)
             record = {"frame": index, "masks": [], "detections": [], "held": [], "fail_safe": True,
                       "error": error, "ms": {"detect": round((t1 - t0) * 1000, 2)}}
             return FrameResult(index, out, record)
-        step = self.rule.update(gray, dets)
+        # SSIM on the frame at the detector's scale: the letterbox has already shrunk it
+        resized = getattr(pre.model_input, "resized", None)
+        step = self.rule.update(resized if resized is not None else pre.gray, dets)
         t2 = time.perf_counter()
-        boxes = grow_boxes(step.masks.boxes_xyxy, gray.shape, self.cfg.margin, self.cfg.min_size_px)
-        out = render_masks(frame, boxes, self.cfg.style)
-        t3 = time.perf_counter()
+        boxes = grow_boxes(step.masks.boxes_xyxy, pre.gray.shape, self.cfg.margin, self.cfg.min_size_px)
         record = {
             "frame": index,
             "masks": [[int(x1), int(y1), int(x2 - x1), int(y2 - y1)] for x1, y1, x2, y2 in boxes],
@@ -123,12 +146,21 @@ class Masker:
                                     round(float(b[3] - b[1]), 1)]}
                            for b, s, k in zip(dets.boxes_xyxy, dets.scores, dets.labels)],
             "held": [{**h, "class": names[h["class"]]} for h in step.held],
-            "ms": {"detect": round((t1 - t0) * 1000, 2), "hold": round((t2 - t1) * 1000, 2),
-                   "render": round((t3 - t2) * 1000, 2)},
+            "ms": {"detect": round((t1 - t0) * 1000, 2), "hold": round((t2 - t1) * 1000, 2)},
         }
         if step.ssim:
             record["ssim"] = {names[k]: round(v, 4) for k, v in step.ssim.items()}
-        return FrameResult(index, out, record)
+        result = FrameResult(index, frame, record, boxes, rendered=False)
+        return self.render(result) if render else result
+
+    def render(self, result: FrameResult) -> FrameResult:
+        """Hide the result's boxes in (a copy of) its frame; stateless, so the writer thread runs it."""
+        if not result.rendered:
+            t = time.perf_counter()
+            result.frame = render_masks(result.frame, result.boxes, self.cfg.style)
+            result.rendered = True
+            result.record["ms"]["render"] = round((time.perf_counter() - t) * 1000, 2)
+        return result
 
 
 @dataclass
@@ -175,9 +207,10 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
                         time.sleep(wait)
                 arrival[i] = time.perf_counter()
                 n_read += 1
+                item = (i, frame, masker.prepare(frame))
                 while not stop.is_set():
                     try:
-                        q_in.put((i, frame), timeout=0.1)
+                        q_in.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -199,6 +232,7 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
                 item = q_out.get()
                 if item is _END:
                     return
+                masker.render(item)
                 t_w = time.perf_counter()
                 sink.write(item.frame)
                 encode_ms.append((time.perf_counter() - t_w) * 1000)
@@ -224,7 +258,7 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
             break
         if stop.is_set():
             continue
-        q_out.put(masker.step(*item))
+        q_out.put(masker.step(*item, render=False))
         n += 1
     q_out.put(_END)
     for t in threads:

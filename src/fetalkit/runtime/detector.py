@@ -116,6 +116,17 @@ def _yolo_spec(session, path: Path, class_names: list[str] | None) -> DetectorSp
                         dict(DEFAULT_OPERATING_POINT))
 
 
+@dataclass
+class ModelInput:
+    """One image made ready for the network: the input tensor and how to map boxes back."""
+
+    x: np.ndarray                 # 1 x C x H x W float32
+    scale: float                  # model pixels per image pixel
+    offset: tuple[int, int]       # (y, x) of the image in the input
+    image_hw: tuple[int, int]
+    resized: np.ndarray           # the image at model scale, uint8, without the padding
+
+
 class OnnxDetector:
     """An ONNX detector run by onnxruntime: ``detect(image)`` -> boxes in image pixels."""
 
@@ -186,22 +197,30 @@ class OnnxDetector:
     def operating_point(self) -> dict:
         return self.spec.operating_point
 
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int]]:
-        """Letterboxed model input (1 x C x S x S float32), scale and (y, x) offset."""
+    def model_input(self, image: np.ndarray) -> ModelInput:
+        """Letterbox a 2-D uint8 gray image into the network input (no inference yet)."""
         if image.ndim != 2 or image.dtype != np.uint8:
             raise InputError(f"detector input must be a 2-D uint8 gray image, got {image.dtype} {image.shape}")
         centre = self.spec.layout != "dense"
         boxed, scale = letterbox(image, self.spec.size, centre=centre, pad_value=114 if centre else 0,
                                  multiple=self.spec.multiple)
-        offset = letterbox_offset(image.shape, self.spec.size) if centre else (0, 0)
+        oy, ox = letterbox_offset(image.shape, self.spec.size) if centre else (0, 0)
+        nh, nw = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
         x = boxed.astype(np.float32) * (1.0 / 255.0)
-        x = np.broadcast_to(x, (self.spec.in_channels,) + x.shape)[None]
-        return np.ascontiguousarray(x), scale, offset
+        x = np.ascontiguousarray(np.broadcast_to(x, (self.spec.in_channels,) + x.shape)[None])
+        return ModelInput(x, scale, (oy, ox), image.shape, boxed[oy:oy + nh, ox:ox + nw])
 
-    def candidates(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """All candidate boxes (image pixels, x1 y1 x2 y2) and their class scores, before NMS."""
-        x, scale, (oy, ox) = self.prepare(image)
-        outs = self.session_for(x.shape[2:]).run(None, {self.input_name: x})
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int]]:
+        """Letterboxed model input (1 x C x H x W float32), scale and (y, x) offset."""
+        m = self.model_input(image)
+        return m.x, m.scale, m.offset
+
+    def candidates(self, image: np.ndarray | ModelInput) -> tuple[np.ndarray, np.ndarray]:
+        """All candidate boxes (image pixels, x1 y1 x2 y2) and their class scores, before NMS.
+        ``image`` may be a :meth:`model_input` already made (e.g. on another thread)."""
+        m = image if isinstance(image, ModelInput) else self.model_input(image)
+        (oy, ox), scale = m.offset, m.scale
+        outs = self.session_for(m.x.shape[2:]).run(None, {self.input_name: m.x})
         if self.spec.layout == "dense":
             boxes, scores = outs[0][0], outs[1][0]
         else:
@@ -211,12 +230,13 @@ class OnnxDetector:
             boxes = np.column_stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
             scores = raw[:, 4:] if self.spec.layout == "yolov8" else raw[:, 5:] * raw[:, 4:5]
         boxes = (boxes - np.array([ox, oy, ox, oy], np.float32)) / scale
-        hh, ww = image.shape
+        hh, ww = m.image_hw
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, ww)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, hh)
         return boxes.astype(np.float32), scores.astype(np.float32)
 
-    def detect(self, image: np.ndarray, conf: float | None = None, iou: float | None = None) -> ImageDetections:
+    def detect(self, image: np.ndarray | ModelInput, conf: float | None = None,
+               iou: float | None = None) -> ImageDetections:
         conf = self.operating_point["conf"] if conf is None else conf
         iou = self.operating_point["iou"] if iou is None else iou
         boxes, scores = self.candidates(image)
