@@ -4,7 +4,7 @@
 
 Per model: kernel time per run (ms) and its share, split into backbone / FPN /
 classification head / regression head / the rest (input normalisation, box decoding),
-and within each into convolutions and other operators.  Run it on an FP32 model and
+and within each into depthwise convolutions, other convolutions and other operators.  Run it on an FP32 model and
 its INT8 file to see which part an INT8 speed-up comes from.
 """
 
@@ -16,6 +16,7 @@ import json
 import tempfile
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 PARTS = (("backbone/body", "backbone"), ("fpn", "fpn"), ("classification_head", "head_cls"),
@@ -27,7 +28,10 @@ def profile(path: str, threads: int, runs: int, hw: tuple[int, int]) -> tuple[di
     opts.intra_op_num_threads = threads
     opts.enable_profiling = True
     opts.profile_file_prefix = tempfile.mkdtemp() + "/prof"
+    opts.optimized_model_filepath = tempfile.mkdtemp() + "/optimized.onnx"  # to read each conv's groups
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    depthwise = {n.name for n in onnx.load(opts.optimized_model_filepath).graph.node
+                 if "Conv" in n.op_type and any(a.name == "group" and a.i > 1 for a in n.attribute)}
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) else size for d, size in zip(inp.shape[1:], (1, *hw))]  # free sides: --hw
     x = np.random.default_rng(0).integers(0, 255, (1, *shape)).astype(np.float32)
@@ -38,7 +42,8 @@ def profile(path: str, threads: int, runs: int, hw: tuple[int, int]) -> tuple[di
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             part = next((p for key, p in PARTS if key in e["name"]), "rest")
-            kind = "conv" if "Conv" in e["args"]["op_name"] else "other"
+            node = e["name"][: -len("_kernel_time")]
+            kind = "dw conv" if node in depthwise else "conv" if "Conv" in e["args"]["op_name"] else "other"
             by[(part, kind)] += e["dur"]
     total = sum(by.values())
     return {k: v / runs / 1000 for k, v in by.items()}, total / runs / 1000
