@@ -138,6 +138,7 @@ class OnnxDetector:
         self.session = self._new_session({})
         self._sized: dict[tuple[int, int], object] = {}
         self.input_name = self.session.get_inputs()[0].name
+        self._input_dims = self.session.get_inputs()[0].shape  # names where the sides are free
         if card_path_for(self.path).is_file():
             self.card = read_card(self.path)
             if self.card["task"] != "detector":
@@ -171,7 +172,7 @@ class OnnxDetector:
     def session_for(self, hw: tuple[int, int]):
         """The session for an input of ``hw``: with free input sides, one per size met, with
         the sides fixed so onnxruntime folds the graph's shape arithmetic (about 0.5 ms a frame)."""
-        names = self.session.get_inputs()[0].shape
+        names = self._input_dims
         if self.spec.multiple is None or not all(isinstance(d, str) for d in names[2:]):
             return self.session
         if hw not in self._sized:

@@ -167,7 +167,7 @@ DET_ARCHS: dict[str, DetArch] = {
     "fcos-mnv2": DetArch("fcos-mnv2", _fcos, True,
                          "FCOS, MobileNetV2 to stride 16 + 32-channel FPN (P3-P6), 2-conv head: the fast model"),
     "fcos-mnv2-bn": DetArch("fcos-mnv2-bn", _fcos_bn, True,
-                            "fcos-mnv2 with a per-level BatchNorm head (padding-independent, all-INT8): the fast model"),
+                            "fcos-mnv2 with a per-level BatchNorm head (padding-independent, all-INT8)"),
     "retinanet-mnv2": DetArch("retinanet-mnv2", _retinanet, True,
                               "RetinaNet, MobileNetV2 + 64-channel FPN (P3-P7), 9 anchors per place"),
     "fasterrcnn-mnv2": DetArch("fasterrcnn-mnv2", _faster_rcnn, False,
@@ -182,9 +182,9 @@ def build_detector(arch: str, num_classes: int, size: int = 256, init: str = "im
     return DET_ARCHS[arch].build(num_classes, size, init)
 
 
-# Input sides of an exported dense detector must be multiples of this (the coarsest
-# FPN level of every architecture here has stride 64 or less; 32 keeps wide frames
-# cheap, and odd level sizes are handled by the in-graph anchors).
+# The runtime pads each input side of an exported dense detector to a multiple of this;
+# 32 keeps wide frames cheap, and a coarse level whose stride does not divide the side
+# gets its anchors at the nominal stride (in the graph), where its cells really are.
 INPUT_MULTIPLE = 32
 
 
