@@ -150,15 +150,30 @@ def test_export_anchors_are_torchvisions(arch):
         assert torch.equal(wrapper.anchors(feats), model.anchor_generator(ImageList(x, [(256, 384)]), feats)[0])
 
 
+def test_motion_blur_augmentation_smears_along_a_line_and_keeps_boxes():
+    from fetalkit.training.detect import build_augment
+    image = np.zeros((128, 128), np.uint8)
+    image[60:68, 60:68] = 255
+    box = np.array([[60.0, 60.0, 68.0, 68.0]])
+    plain = build_augment(0, 128, hflip=False)
+    blurred = build_augment(0, 128, hflip=False, motion_blur=1.0)
+    # same seed, same draws before the blur; the blur spreads the bright square over more pixels
+    a = plain(image=image, bboxes=box, labels=[0])
+    b = blurred(image=image, bboxes=box, labels=[0])
+    np.testing.assert_allclose(a["bboxes"], b["bboxes"])
+    assert (b["image"] > 20).sum() > (a["image"] > 20).sum() + 8
+
+
 def test_level_norm_head_trains_and_exports(blob_set, tmp_path):
     """fcos-mnv2-bn: no GroupNorm anywhere, one BatchNorm per level, exports with free input sides."""
     run = tmp_path / "bn"
     res = fetalkit("train", "detector", "--data", blob_set, "--out", run, "--epochs", "1", "--batch-size", "8",
-                   "--size", "128", "--init", "random", "--arch", "fcos-mnv2-bn", "--aspect-crops", "0.5")
+                   "--size", "128", "--init", "random", "--arch", "fcos-mnv2-bn", "--aspect-crops", "0.5",
+                   "--motion-blur", "0.3")
     assert res.returncode == 0, res.stderr
     from fetalkit.training.detect import load_detector_checkpoint
     model, cfg, _ = load_detector_checkpoint(run / "best.pt")
-    assert cfg.aspect_crops == 0.5
+    assert cfg.aspect_crops == 0.5 and cfg.motion_blur == 0.3
     assert not [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert len(model.head.classification_head.tower.norms) == 4
     assert fetalkit("export", "detector", run / "best.pt", "--out", tmp_path / "bn.onnx").returncode == 0

@@ -160,6 +160,7 @@ def train_detector_cmd(
     size: int = typer.Option(256, help="Square letterboxed input size (a multiple of 32)."),
     hflip: bool = typer.Option(True, help="Horizontal flip augmentation (also mimics an inverted probe)."),
     aspect_crops: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a box-safe crop of random aspect ratio, letterboxed again (for scanner frames wider or taller than the training images)."),
+    motion_blur: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a linear motion blur of 5-19 px (a probe moving fast; detectors miss most in such frames)."),
     seed: int = typer.Option(0, help="Seed of the initialisation, the augmentation and (unless --split-seed) the split."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed); keep it to retrain with another --seed on the same split."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
@@ -172,7 +173,8 @@ def train_detector_cmd(
     if size % 32 or size < 128:
         fail(f"--size must be a multiple of 32 and at least 128 (the coarsest level needs 2 x 2 cells), got {size}")
     cfg = DetTrainConfig(arch=arch, init=init, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         threads=threads, hflip=hflip, split_seed=split_seed, aspect_crops=aspect_crops)
+                         threads=threads, hflip=hflip, split_seed=split_seed, aspect_crops=aspect_crops,
+                         motion_blur=motion_blur)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
     with Progress(console=console) as bar:
