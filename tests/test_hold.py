@@ -103,3 +103,26 @@ def test_bboxholdsim_downscales_only_the_frames_an_ssim_needs(monkeypatch):
     assert [len(s.masks.labels) for s in steps] == [1] * 6
     # detected in frames 0-3: nothing downscaled; frame 4: it and the reference (frame 3); frame 5: itself
     assert [id(f) for f in calls] == [id(frames[4]), id(frames[3]), id(frames[5])]
+
+
+def test_gain_matched_ssim_holds_through_a_fade_but_not_a_cut():
+    rng = np.random.default_rng(7)
+    view = np.clip(rng.normal(90, 40, (120, 160)), 0, 255).astype(np.uint8)
+    faded = (view * 0.25).astype(np.uint8)                    # lost contact: the same view, darker
+    other = np.clip(rng.normal(90, 40, (120, 160)), 0, 255).astype(np.uint8)
+    frames, seq = [view, faded, faded, other], [dets((0, *BOX)), dets(), dets(), dets()]
+    plain = run(HoldRule("ssim", ssim_threshold=0.55, ssim_gain=False), frames, seq)
+    gain = run(HoldRule("ssim", ssim_threshold=0.55, ssim_gain=True), frames, seq)
+    assert [len(s.masks.labels) for s in plain] == [1, 0, 0, 0]   # the fade ends the plain hold
+    assert [len(s.masks.labels) for s in gain] == [1, 1, 1, 0]    # gain-matched: held, until the cut
+    assert gain[1].ssim[0] > 0.9 > 0.55 > plain[1].ssim[0]
+
+
+def test_a_partly_overlapping_detection_does_not_replace_a_held_box():
+    shifted = (0, 25.0, 20.0, 55.0, 50.0)      # IoU 0.33 with BOX: maybe another structure
+    near = (0, 12.0, 22.0, 42.0, 52.0)         # IoU 0.77: the same structure, moved
+    steps = run(HoldRule("frames", hold_frames=5), still_frames(3), [dets((0, *BOX)), dets(shifted), dets(near)])
+    np.testing.assert_array_equal(steps[1].masks.boxes_xyxy, [[25, 20, 55, 50], [10, 20, 40, 50]])
+    assert [h["box"] for h in steps[1].held] == [[10.0, 20.0, 30.0, 30.0]]
+    # frame 2: `near` supersedes the held BOX; `shifted`, not found again, is now the held one
+    np.testing.assert_array_equal(steps[2].masks.boxes_xyxy, [[12, 22, 42, 52], [25, 20, 55, 50]])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fetalkit.evaluation.video import covered_fraction, evaluate_rules, replay, sequence_breakdown
+from fetalkit.evaluation.video import covered_fraction, evaluate_rules, kind_breakdown, replay, sequence_breakdown
 from fetalkit.masking.hold import HoldRule
 from fetalkit.synth.phantom import head_phantom
 from fetalkit.synth.sequences import Sequence
@@ -56,6 +56,15 @@ def test_evaluate_rules_and_breakdown():
     assert [(r["fn_detector"], r["fn_held"], r["rarely_found"]) for r in per_seq] == [(6, 0, False), (10, 10, True)]
 
 
+def test_kind_breakdown_counts_misses_per_kind_of_frame():
+    seq, dets = _sequence()
+    seq.kinds[2], seq.kinds[7] = "blur", "blur"    # one found (frame 2), one missed (frame 7)
+    rows = kind_breakdown([seq], [dets], setting={"rule": "frames", "hold_frames": 3})
+    # the detector finds frames 0-3; BBoxHold(3) covers 4-6 and misses 7-9
+    assert rows == [{"kind": "blur", "target_frames": 2, "fn_detector": 1, "fn_held": 1},
+                    {"kind": "clean", "target_frames": 8, "fn_detector": 5, "fn_held": 2}]
+
+
 def test_sequences_take_targets_from_source_images_only(tmp_path):
     from fetalkit.detection.boxes import DetSample, DetSet
     from fetalkit.evaluation.video import build_sequences
@@ -71,3 +80,30 @@ def test_sequences_take_targets_from_source_images_only(tmp_path):
     seqs = build_sequences(DetSet(["ps"], samples), "ps", n_sequences=5, n_frames=12)
     assert [s.source for s in seqs] == ["a.png"]  # the derived positive is not a target source
     assert len(seqs[0].frames) == 12 and any(b is not None for b in seqs[0].target_boxes)
+
+
+def test_bench_video_cli_writes_every_table(tmp_path):
+    import csv
+    import subprocess
+    import sys
+    from fetalkit.detection.boxes import DetSample, DetSet
+    from fetalkit.detection.formats import write_detection_set
+    from fetalkit.io.images import write_image
+    samples = []
+    for i in range(3):
+        image = head_phantom(seed=i).image
+        boxes = BOX[None].astype(np.float32) if i < 2 else np.zeros((0, 4), np.float32)
+        path = write_image(tmp_path / "src" / f"s{i}.png", image)
+        samples.append(DetSample(f"s{i}.png", path, image.shape[1], image.shape[0], boxes,
+                                 np.zeros(len(boxes), np.int64), group=f"g{i}"))
+    write_detection_set(DetSet(["pubic_symphysis", "fetal_head"], samples), tmp_path / "set", "coco")
+    r = subprocess.run([sys.executable, "-m", "fetalkit.cli", "bench", "video", "--data", str(tmp_path / "set"),
+                        "--split", "all", "--sequences", "2", "--frames", "12", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rules = list(csv.DictReader(open(tmp_path / "out" / "rules.csv")))
+    ssim_rows = [x for x in rules if x["rule"] == "ssim"]
+    assert {(x["ssim_gain"], x["ssim_imaged_only"]) for x in ssim_rows} == {("True", ""), ("False", ""), ("False", "True")}
+    kinds = list(csv.DictReader(open(tmp_path / "out" / "kinds.csv")))
+    assert sum(int(k["target_frames"]) for k in kinds) == int(rules[0]["target_frames"]) > 0
+    assert "false-negative frames by kind of frame" in r.stdout

@@ -503,7 +503,8 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
              classes: str = typer.Option(None, "--classes", help="Comma-separated classes to hide (default: all classes of the model)."),
              hold: str = typer.Option("ssim", "--hold", help="Temporal rule: none, frames (BBoxHold) or ssim (BBoxHoldSim)."),
              hold_frames: int = typer.Option(10, "--hold-frames", min=0, help="BBoxHold: frames to keep a box after the detector loses it."),
-             ssim_threshold: float = typer.Option(0.6, "--ssim-threshold", help="BBoxHoldSim: hold while SSIM to the last detected frame >= T."),
+             ssim_threshold: float = typer.Option(0.55, "--ssim-threshold", help="BBoxHoldSim: hold while SSIM to the last detected frame >= T."),
+             ssim_gain: bool = typer.Option(True, "--ssim-gain/--no-ssim-gain", help="BBoxHoldSim: scale both frames to one mean brightness before the SSIM (a fade is not a new view)."),
              max_hold_frames: int = typer.Option(150, help="BBoxHoldSim: longest hold in frames."),
              style: str = typer.Option("fill", "--style", help="fill, blur or pixelate."),
              margin: float = typer.Option(None, "--margin", help="Grow masks by this many px (>= 1) or this fraction of the box's longer side (< 1); default 0.15."),
@@ -533,7 +534,7 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
     det = OnnxDetector(resolve_model(model, "detector"), threads=threads,
                        class_names=class_names.split(",") if class_names else None)
     cfg = MaskConfig(classes=classes.split(",") if classes else None, rule=hold, hold_frames=hold_frames,
-                     ssim_threshold=ssim_threshold, max_hold_frames=max_hold_frames, style=style,
+                     ssim_threshold=ssim_threshold, ssim_gain=ssim_gain, max_hold_frames=max_hold_frames, style=style,
                      margin=MaskConfig.margin if margin is None else margin,
                      min_size_px=min_size, fail_safe=fail_safe, conf=conf, iou=iou)
     masker = Masker(det, cfg)
@@ -570,7 +571,8 @@ def bench_video_cmd(
     from rich.progress import Progress
     from fetalkit.datasets.splits import select_split
     from fetalkit.detection.formats import read_detection_set
-    from fetalkit.evaluation.video import build_sequences, evaluate_rules, plot_tradeoff, rule_grid, sequence_breakdown
+    from fetalkit.evaluation.video import (build_sequences, evaluate_rules, plot_tradeoff, rule_grid,
+                                           kind_breakdown, sequence_breakdown, ssim_variant)
     from fetalkit.io.images import atomic_write_bytes
     from fetalkit.io.jobs import write_csv_rows
     from fetalkit.masking.pipeline import MaskConfig
@@ -601,8 +603,10 @@ def bench_video_cmd(
             dets.append(per)
         rows = evaluate_rules(seqs, dets, rule_grid(), margin)
         per_seq = sequence_breakdown(seqs, dets, margin)
+        per_kind = kind_breakdown(seqs, dets, margin)
     write_csv_rows(out_dir / "sequences.csv", per_seq, list(per_seq[0]))
-    columns = ["rule", "hold_frames", "ssim_threshold", "ssim_imaged_only", "fn_rate", "fn_reduction", "false_masked_rate",
+    write_csv_rows(out_dir / "kinds.csv", per_kind, list(per_kind[0]))
+    columns = ["rule", "hold_frames", "ssim_threshold", "ssim_gain", "ssim_imaged_only", "fn_rate", "fn_reduction", "false_masked_rate",
                "false_masked_increase_pp", "mean_masked_area", "target_frames", "empty_frames"]
     write_csv_rows(out_dir / "rules.csv", rows, columns)
     atomic_write_bytes(out_dir / "rules.json", json.dumps(rows, indent=1).encode())
@@ -619,8 +623,8 @@ def bench_video_cmd(
         table.add_column(col)
     for r in rows:
         setting = str(r.get("hold_frames", r.get("ssim_threshold", "")))
-        if r.get("ssim_imaged_only"):
-            setting += " (imaged area)"
+        if r["rule"] == "ssim" and ssim_variant(r):
+            setting += f" ({ssim_variant(r)})"
         table.add_row(r["rule"], setting, f"{100 * r['fn_rate']:.2f} %", f"{100 * r['fn_reduction']:.1f} %",
                       f"{100 * r['false_masked_rate']:.2f} %", f"{r['false_masked_increase_pp']:+.2f}",
                       f"{100 * r['mean_masked_area']:.2f} %")
@@ -631,7 +635,10 @@ def bench_video_cmd(
               f"{len(per_seq)} sequences; {len(rare)} sequences whose target it misses in >= 90 % of frames hold "
               f"{sum(r['fn_detector'] for r in rare)} of them (no hold rule can keep a box never seen)"
               + (": " + ", ".join(r["source"] for r in rare) if rare else ""))
-    out.print(f"wrote {out_dir / 'rules.csv'}, {out_dir / 'sequences.csv'} and {out_dir / 'tradeoff.png'}")
+    out.print("false-negative frames by kind of frame (detector alone -> BBoxHoldSim): " + "; ".join(
+        f"{r['kind']} {r['fn_detector']} -> {r['fn_held']} of {r['target_frames']}" for r in per_kind))
+    out.print(f"wrote {out_dir / 'rules.csv'}, {out_dir / 'sequences.csv'}, {out_dir / 'kinds.csv'} and "
+              f"{out_dir / 'tradeoff.png'}")
 
 
 @biometry_app.command("head")

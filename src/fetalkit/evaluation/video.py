@@ -34,12 +34,14 @@ def covered_fraction(box_xyxy: np.ndarray, masks_xyxy: np.ndarray) -> float:
     return float(grid.mean())
 
 
-def replay(seq: Sequence, dets: list[ImageDetections], rule: HoldRule, margin: float = 0.0) -> dict:
-    """Run one hold rule over a sequence's cached detections; per-frame outcome counts."""
+def replay(seq: Sequence, dets: list[ImageDetections], rule: HoldRule, margin: float = 0.0,
+           outcomes: list | None = None) -> dict:
+    """Run one hold rule over a sequence's cached detections; per-frame outcome counts.
+    ``outcomes``, if given, gets one (frame kind, missed) pair per target frame."""
     rule.reset()
     fn = fm = targets = empties = 0
     area = 0.0
-    for frame, d, gt in zip(seq.frames, dets, seq.target_boxes):
+    for frame, d, gt, kind in zip(seq.frames, dets, seq.target_boxes, seq.kinds):
         masks = grow_boxes(rule.update(frame, d).masks.boxes_xyxy, frame.shape, margin)
         if len(masks):
             area += float(((masks[:, 2] - masks[:, 0]) * (masks[:, 3] - masks[:, 1])).sum()) / frame.size
@@ -48,7 +50,10 @@ def replay(seq: Sequence, dets: list[ImageDetections], rule: HoldRule, margin: f
             fm += int(len(masks) > 0)
         else:
             targets += 1
-            fn += int(covered_fraction(gt, masks) < COVER_FRACTION)
+            missed = covered_fraction(gt, masks) < COVER_FRACTION
+            fn += int(missed)
+            if outcomes is not None:
+                outcomes.append((kind, missed))
     return {"fn": fn, "targets": targets, "false_masked": fm, "empties": empties, "area": area,
             "frames": len(seq.frames)}
 
@@ -60,14 +65,30 @@ def summarise(counts: list[dict]) -> dict:
             "empty_frames": t["empties"]}
 
 
-def rule_grid(hold_frames=(2, 5, 10, 20), ssim_thresholds=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8)) -> list[dict]:
-    """The settings the benchmark compares: the bare detector, BBoxHold(N), BBoxHoldSim(T) with SSIM
-    over the whole frame (the default) and over the imaged area only."""
+def rule_grid(hold_frames=(2, 5, 10, 20), ssim_thresholds=(0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8)) -> list[dict]:
+    """The settings the benchmark compares: the bare detector, BBoxHold(N), and BBoxHoldSim(T)
+    with the SSIM of the gain-matched frames (the default), of the frames as they are, and
+    over the imaged area only."""
     grid = [{"rule": "none"}]
     grid += [{"rule": "frames", "hold_frames": n} for n in hold_frames]
-    grid += [{"rule": "ssim", "ssim_threshold": t} for t in ssim_thresholds]
-    grid += [{"rule": "ssim", "ssim_threshold": t, "ssim_imaged_only": True} for t in ssim_thresholds]
+    for variant in SSIM_VARIANTS.values():
+        grid += [{"rule": "ssim", "ssim_threshold": t, **variant} for t in ssim_thresholds]
     return grid
+
+
+# BBoxHoldSim's SSIM variants, by the label the table and the plot give them
+SSIM_VARIANTS = {
+    "": {"ssim_gain": True},
+    "plain": {"ssim_gain": False},
+    "imaged area": {"ssim_gain": False, "ssim_imaged_only": True},
+}
+
+
+def ssim_variant(row: dict) -> str:
+    """The label of a BBoxHoldSim row's SSIM variant (a key of :data:`SSIM_VARIANTS`)."""
+    if row.get("ssim_imaged_only"):
+        return "imaged area"
+    return "" if row.get("ssim_gain", True) else "plain"
 
 
 def evaluate_rules(seqs: list[Sequence], dets: list[list[ImageDetections]], grid: list[dict],
@@ -102,17 +123,33 @@ def sequence_breakdown(seqs: list[Sequence], dets: list[list[ImageDetections]], 
     return rows
 
 
+def kind_breakdown(seqs: list[Sequence], dets: list[list[ImageDetections]], margin: float = 0.0,
+                   setting: dict | None = None) -> list[dict]:
+    """Per kind of target frame (clean, blur, dropout): false negatives of the detector alone
+    and with one hold rule (the default BBoxHoldSim), to show where a detector fails."""
+    alone, held = [], []
+    for s, d in zip(seqs, dets):
+        replay(s, d, HoldRule(rule="none"), margin, alone)
+        replay(s, d, HoldRule(**(setting or {"rule": "ssim"})), margin, held)
+    rows = []
+    for kind in sorted({k for k, _ in alone}):
+        a = [m for k, m in alone if k == kind]
+        h = [m for k, m in held if k == kind]
+        rows.append({"kind": kind, "target_frames": len(a), "fn_detector": sum(a), "fn_held": sum(h)})
+    return rows
+
+
 def plot_tradeoff(rows: list[dict], png_path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    # one curve per rule and SSIM area (the whole frame, or the imaged area only)
-    for rule, imaged in (("frames", False), ("ssim", False), ("ssim", True)):
-        rs = [r for r in rows if r["rule"] == rule and bool(r.get("ssim_imaged_only")) == imaged]
+    # one curve per rule and SSIM variant
+    for rule, variant in [("frames", None)] + [("ssim", v) for v in SSIM_VARIANTS]:
+        rs = [r for r in rows if r["rule"] == rule and (variant is None or ssim_variant(r) == variant)]
         marker = "o" if rule == "frames" else "s"
-        label = ("BBoxHold (N frames)" if rule == "frames" else "BBoxHoldSim (SSIM T)") \
-            + (", imaged area" if imaged else "")
+        label = "BBoxHold (N frames)" if rule == "frames" else \
+            "BBoxHoldSim (SSIM T)" + (f", {variant}" if variant else "")
         ax.plot([100 * r["false_masked_rate"] for r in rs], [100 * r["fn_reduction"] for r in rs], marker=marker,
                 label=label)
         for r in rs:

@@ -9,11 +9,14 @@ privacy-masking paper (Section 7.1) sit between the detector and the renderer:
 * ``ssim`` (BBoxHoldSim): when a box is no longer detected, keep it while the
   structural similarity between the current frame and the last frame in which it
   was detected stays >= ``ssim_threshold`` (the view has not changed, so the
-  structure is still where it was); ``max_hold_frames`` caps the hold.
+  structure is still where it was); ``max_hold_frames`` caps the hold.  With
+  ``ssim_gain`` both frames are first scaled to one mean brightness
+  (:func:`match_gain`), so a fade (lost contact, a turned gain knob) does not read
+  as a change of view, and two dark frames do not look alike merely for being dark.
 
 Rules work per class and per box on numpy arrays; they never draw.  Example::
 
-    rule = make_rule("ssim", ssim_threshold=0.6)
+    rule = make_rule("ssim", ssim_threshold=0.55)
     for frame, dets in stream:
         step = rule.update(frame, dets)     # step.masks: boxes to render this frame
 """
@@ -37,6 +40,15 @@ def downscale_gray(frame: np.ndarray, width_px: int = SSIM_WIDTH_PX) -> np.ndarr
     h, w = frame.shape[:2]
     height = max(SSIM_WIN, round(h * width_px / w))
     return cv2.resize(frame, (width_px, height), interpolation=cv2.INTER_AREA).astype(np.float64)
+
+
+GAIN_MEAN = 64.0          # gray level a frame's mean is scaled to before a gain-matched SSIM
+
+
+def match_gain(small: np.ndarray, mean: float = GAIN_MEAN) -> np.ndarray:
+    """The frame scaled so that its mean is ``mean`` (a blank frame is left as it is)."""
+    m = float(small.mean())
+    return small * (mean / m) if m > 1.0 else small
 
 
 BLACK_LEVEL = 4.0         # local mean below this in both frames: outside the imaging sector
@@ -90,14 +102,16 @@ class _Frame:
     """A frame whose downscaled copy is made only when an SSIM needs it: while the
     detector keeps finding a box, no frame is ever downscaled."""
 
-    def __init__(self, gray: np.ndarray):
-        self.gray = gray
+    def __init__(self, gray: np.ndarray, gain: bool = False):
+        self.gray, self.gain = gray, gain
         self._small: np.ndarray | None = None
 
     @property
     def small(self) -> np.ndarray:
         if self._small is None:
             self._small = downscale_gray(self.gray)
+            if self.gain:
+                self._small = match_gain(self._small)
         return self._small
 
 
@@ -113,22 +127,23 @@ class HoldRule:
     """Hold of the last detected boxes, per class and per box (``rule`` in :data:`RULES`).
 
     Each detected box starts a track.  A track is superseded when a detection of its
-    class overlaps it (IoU >= ``MATCH_IOU``); otherwise it is kept while the rule allows,
-    even if the detector fires elsewhere in the frame (a detection elsewhere does not
-    mean the structure was found).
+    class nearly repeats it (IoU >= ``MATCH_IOU``); otherwise it is kept while the rule
+    allows, even if the detector fires elsewhere in the frame or on a box that only
+    partly overlaps it (neither means the structure was found where it was: both are
+    then masked).
     """
 
-    MATCH_IOU = 0.1
+    MATCH_IOU = 0.5
 
-    def __init__(self, rule: str = "ssim", hold_frames: int = 10, ssim_threshold: float = 0.6,
-                 max_hold_frames: int = 150, ssim_imaged_only: bool = False):
+    def __init__(self, rule: str = "ssim", hold_frames: int = 10, ssim_threshold: float = 0.55,
+                 max_hold_frames: int = 150, ssim_imaged_only: bool = False, ssim_gain: bool = True):
         if rule not in RULES:
             raise ValueError(f"unknown hold rule {rule!r}; use one of {', '.join(RULES)}")
         if hold_frames < 0 or max_hold_frames < 0:
             raise ValueError("hold frames must be >= 0")
         self.rule, self.hold_frames = rule, int(hold_frames)
         self.ssim_threshold, self.max_hold_frames = float(ssim_threshold), int(max_hold_frames)
-        self.ssim_imaged_only = bool(ssim_imaged_only)
+        self.ssim_imaged_only, self.ssim_gain = bool(ssim_imaged_only), bool(ssim_gain)
         self.tracks: dict[int, list[_Track]] = {}
 
     @property
@@ -151,7 +166,7 @@ class HoldRule:
     def update(self, frame: np.ndarray, detections: ImageDetections) -> HoldStep:
         """Feed one frame (H x W uint8) and its detections; get the boxes to mask."""
         from fetalkit.detection.boxes import box_iou
-        current = _Frame(frame) if self.rule == "ssim" else None
+        current = _Frame(frame, self.ssim_gain) if self.rule == "ssim" else None
         boxes, scores, labels, held, sims, memo = [], [], [], [], {}, {}
         classes = set(self.tracks) | {int(k) for k in detections.labels}
         for k in sorted(classes):
