@@ -503,8 +503,9 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
              classes: str = typer.Option(None, "--classes", help="Comma-separated classes to hide (default: all classes of the model)."),
              hold: str = typer.Option("ssim", "--hold", help="Temporal rule: none, frames (BBoxHold) or ssim (BBoxHoldSim)."),
              hold_frames: int = typer.Option(10, "--hold-frames", min=0, help="BBoxHold: frames to keep a box after the detector loses it."),
-             ssim_threshold: float = typer.Option(0.55, "--ssim-threshold", help="BBoxHoldSim: hold while SSIM to the last detected frame >= T."),
+             ssim_threshold: float = typer.Option(0.5, "--ssim-threshold", help="BBoxHoldSim: hold while SSIM to the last detected frame >= T."),
              ssim_gain: bool = typer.Option(True, "--ssim-gain/--no-ssim-gain", help="BBoxHoldSim: scale both frames to one mean brightness before the SSIM (a fade is not a new view)."),
+             ssim_imaged: bool = typer.Option(True, "--ssim-imaged/--ssim-whole-frame", help="BBoxHoldSim: average the SSIM over the imaged area only, not the black surround every frame shares."),
              max_hold_frames: int = typer.Option(150, help="BBoxHoldSim: longest hold in frames."),
              style: str = typer.Option("fill", "--style", help="fill, blur or pixelate."),
              margin: float = typer.Option(None, "--margin", help="Grow masks by this many px (>= 1) or this fraction of the box's longer side (< 1); default 0.15."),
@@ -534,7 +535,8 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
     det = OnnxDetector(resolve_model(model, "detector"), threads=threads,
                        class_names=class_names.split(",") if class_names else None)
     cfg = MaskConfig(classes=classes.split(",") if classes else None, rule=hold, hold_frames=hold_frames,
-                     ssim_threshold=ssim_threshold, ssim_gain=ssim_gain, max_hold_frames=max_hold_frames, style=style,
+                     ssim_threshold=ssim_threshold, ssim_gain=ssim_gain, ssim_imaged_only=ssim_imaged,
+                     max_hold_frames=max_hold_frames, style=style,
                      margin=MaskConfig.margin if margin is None else margin,
                      min_size_px=min_size, fail_safe=fail_safe, conf=conf, iou=iou)
     masker = Masker(det, cfg)

@@ -12,11 +12,12 @@ privacy-masking paper (Section 7.1) sit between the detector and the renderer:
   structure is still where it was); ``max_hold_frames`` caps the hold.  With
   ``ssim_gain`` both frames are first scaled to one mean brightness
   (:func:`match_gain`), so a fade (lost contact, a turned gain knob) does not read
-  as a change of view, and two dark frames do not look alike merely for being dark.
+  as a change of view, and two dark frames do not look alike merely for being dark;
+  with ``ssim_imaged_only`` the mean is taken over the imaged area only (:func:`ssim`).
 
 Rules work per class and per box on numpy arrays; they never draw.  Example::
 
-    rule = make_rule("ssim", ssim_threshold=0.55)
+    rule = make_rule("ssim", ssim_threshold=0.5)
     for frame, dets in stream:
         step = rule.update(frame, dets)     # step.masks: boxes to render this frame
 """
@@ -135,8 +136,8 @@ class HoldRule:
 
     MATCH_IOU = 0.5
 
-    def __init__(self, rule: str = "ssim", hold_frames: int = 10, ssim_threshold: float = 0.55,
-                 max_hold_frames: int = 150, ssim_imaged_only: bool = False, ssim_gain: bool = True):
+    def __init__(self, rule: str = "ssim", hold_frames: int = 10, ssim_threshold: float = 0.5,
+                 max_hold_frames: int = 150, ssim_imaged_only: bool = True, ssim_gain: bool = True):
         if rule not in RULES:
             raise ValueError(f"unknown hold rule {rule!r}; use one of {', '.join(RULES)}")
         if hold_frames < 0 or max_hold_frames < 0:

@@ -41,9 +41,11 @@ class MaskConfig:
     classes: Optional[list[str]] = None     # None: every class of the model
     rule: str = "ssim"                      # none | frames | ssim
     hold_frames: int = 10
-    # gain-matched SSIM at T 0.55: chosen on val sequences of `fetalkit bench video` (README)
-    ssim_threshold: float = 0.55
+    # gain-matched SSIM over the imaged area at T 0.5: chosen on val sequences of
+    # `fetalkit bench video` (README, Privacy masking)
+    ssim_threshold: float = 0.5
     ssim_gain: bool = True
+    ssim_imaged_only: bool = True
     max_hold_frames: int = 150
     style: str = "fill"
     # px if >= 1, else a fraction of the box's longer side; 0.15 covers the detector's box error
@@ -84,7 +86,7 @@ class Masker:
 
     def __post_init__(self):
         self.rule = HoldRule(self.cfg.rule, self.cfg.hold_frames, self.cfg.ssim_threshold, self.cfg.max_hold_frames,
-                             ssim_gain=self.cfg.ssim_gain)
+                             ssim_imaged_only=self.cfg.ssim_imaged_only, ssim_gain=self.cfg.ssim_gain)
         names = self.detector.classes
         wanted = self.cfg.classes or names
         unknown = [c for c in wanted if c not in names]
