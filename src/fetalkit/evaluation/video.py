@@ -142,13 +142,13 @@ def plot_tradeoff(rows: list[dict], png_path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     # one curve per rule and SSIM variant
     for rule, variant in [("frames", None)] + [("ssim", v) for v in SSIM_VARIANTS]:
         rs = [r for r in rows if r["rule"] == rule and (variant is None or ssim_variant(r) == variant)]
         marker = "o" if rule == "frames" else "s"
         label = "BBoxHold (N frames)" if rule == "frames" else \
-            "BBoxHoldSim (SSIM T)" + (f", {variant}" if variant else "")
+            "BBoxHoldSim (SSIM T), " + (variant or "gain-matched, imaged area (default)")
         ax.plot([100 * r["false_masked_rate"] for r in rs], [100 * r["fn_reduction"] for r in rs], marker=marker,
                 label=label)
         for r in rs:
@@ -156,10 +156,11 @@ def plot_tradeoff(rows: list[dict], png_path) -> None:
                         (100 * r["false_masked_rate"], 100 * r["fn_reduction"]), fontsize=7)
     base = next(r for r in rows if r["rule"] == "none")
     ax.scatter([100 * base["false_masked_rate"]], [0], color="k", label="detector alone")
+    ax.set_xscale("symlog", linthresh=1.0)  # the useful settings all lie below a few percent
     ax.set_xlabel("false-masked frames (% of frames without the target)")
     ax.set_ylabel("false-negative frames removed (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
