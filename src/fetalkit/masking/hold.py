@@ -13,7 +13,7 @@ privacy-masking paper (Section 7.1) sit between the detector and the renderer:
   ``ssim_gain`` both frames are first scaled to one mean brightness
   (:func:`match_gain`), so a fade (lost contact, a turned gain knob) does not read
   as a change of view, and two dark frames do not look alike merely for being dark;
-  with ``ssim_imaged_only`` the mean is taken over the imaged area only (:func:`ssim`).
+  with ``ssim_imaged_only`` the SSIM is averaged over the imaged area only (:func:`ssim`).
 
 Rules work per class and per box on numpy arrays; they never draw.  Example::
 
