@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from fetalkit.errors import FetalkitError
+from fetalkit.masking import defaults as hold_defaults
 
 app = typer.Typer(help="fetalkit: fetal-ultrasound AI on an ordinary CPU.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -501,12 +502,12 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
              output: Path = typer.Option(..., "-o", "--output", help="Output in the matching form: image, folder, video file (.avi MJPG / .mp4), .dcm."),
              model: str = typer.Option(None, "--model", help="Detector: bundled name or .onnx (default: the bundled PSFHS detector; YOLO ONNX accepted)."),
              classes: str = typer.Option(None, "--classes", help="Comma-separated classes to hide (default: all classes of the model)."),
-             hold: str = typer.Option("ssim", "--hold", help="Temporal rule: none, frames (BBoxHold) or ssim (BBoxHoldSim)."),
-             hold_frames: int = typer.Option(10, "--hold-frames", min=0, help="BBoxHold: frames to keep a box after the detector loses it."),
-             ssim_threshold: float = typer.Option(0.5, "--ssim-threshold", help="BBoxHoldSim: hold while SSIM to the last detected frame >= T."),
-             ssim_gain: bool = typer.Option(True, "--ssim-gain/--no-ssim-gain", help="BBoxHoldSim: scale both frames to one mean brightness before the SSIM (a fade is not a new view)."),
-             ssim_imaged: bool = typer.Option(True, "--ssim-imaged/--ssim-whole-frame", help="BBoxHoldSim: average the SSIM over the imaged area only, not the black surround every frame shares."),
-             max_hold_frames: int = typer.Option(150, help="BBoxHoldSim: longest hold in frames."),
+             hold: str = typer.Option(hold_defaults.RULE, "--hold", help="Temporal rule: none, frames (BBoxHold) or ssim (BBoxHoldSim)."),
+             hold_frames: int = typer.Option(hold_defaults.HOLD_FRAMES, "--hold-frames", min=0, help="BBoxHold: frames to keep a box after the detector loses it."),
+             ssim_threshold: float = typer.Option(hold_defaults.SSIM_THRESHOLD, "--ssim-threshold", help="BBoxHoldSim: hold while SSIM to the last detected frame >= T."),
+             ssim_gain: bool = typer.Option(hold_defaults.SSIM_GAIN, "--ssim-gain/--no-ssim-gain", help="BBoxHoldSim: scale both frames to one mean brightness before the SSIM (a fade is not a new view)."),
+             ssim_imaged: bool = typer.Option(hold_defaults.SSIM_IMAGED_ONLY, "--ssim-imaged/--ssim-whole-frame", help="BBoxHoldSim: average the SSIM over the imaged area only, not the black surround every frame shares."),
+             max_hold_frames: int = typer.Option(hold_defaults.MAX_HOLD_FRAMES, help="BBoxHoldSim: longest hold in frames."),
              style: str = typer.Option("fill", "--style", help="fill, blur or pixelate."),
              margin: float = typer.Option(None, "--margin", help="Grow masks by this many px (>= 1) or this fraction of the box's longer side (< 1); default 0.15."),
              min_size: float = typer.Option(0.0, "--min-size", help="Smallest mask side in px."),

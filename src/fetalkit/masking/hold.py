@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from fetalkit.masking import defaults
 from fetalkit.types import ImageDetections
 
 SSIM_WIDTH_PX = 96       # SSIM runs on a frame downscaled to this width (speed; speckle averages out)
@@ -136,8 +137,9 @@ class HoldRule:
 
     MATCH_IOU = 0.5
 
-    def __init__(self, rule: str = "ssim", hold_frames: int = 10, ssim_threshold: float = 0.5,
-                 max_hold_frames: int = 150, ssim_imaged_only: bool = True, ssim_gain: bool = True):
+    def __init__(self, rule: str = defaults.RULE, hold_frames: int = defaults.HOLD_FRAMES,
+                 ssim_threshold: float = defaults.SSIM_THRESHOLD, max_hold_frames: int = defaults.MAX_HOLD_FRAMES,
+                 ssim_imaged_only: bool = defaults.SSIM_IMAGED_ONLY, ssim_gain: bool = defaults.SSIM_GAIN):
         if rule not in RULES:
             raise ValueError(f"unknown hold rule {rule!r}; use one of {', '.join(RULES)}")
         if hold_frames < 0 or max_hold_frames < 0:

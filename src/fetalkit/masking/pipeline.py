@@ -26,6 +26,7 @@ import numpy as np
 
 from fetalkit.errors import FetalkitError, InputError
 from fetalkit.io.video import FrameSource, open_sink, to_gray
+from fetalkit.masking import defaults
 from fetalkit.masking.hold import HoldRule
 from fetalkit.masking.render import blank_frame, grow_boxes, render_masks
 from fetalkit.types import ImageDetections
@@ -39,14 +40,12 @@ class MaskConfig:
     """Options of ``fetalkit mask`` (defaults documented in the README)."""
 
     classes: Optional[list[str]] = None     # None: every class of the model
-    rule: str = "ssim"                      # none | frames | ssim
-    hold_frames: int = 10
-    # gain-matched SSIM over the imaged area at T 0.5: chosen on val sequences of
-    # `fetalkit bench video` (README, Privacy masking)
-    ssim_threshold: float = 0.5
-    ssim_gain: bool = True
-    ssim_imaged_only: bool = True
-    max_hold_frames: int = 150
+    rule: str = defaults.RULE               # none | frames | ssim (fetalkit.masking.defaults says why)
+    hold_frames: int = defaults.HOLD_FRAMES
+    ssim_threshold: float = defaults.SSIM_THRESHOLD
+    ssim_gain: bool = defaults.SSIM_GAIN
+    ssim_imaged_only: bool = defaults.SSIM_IMAGED_ONLY
+    max_hold_frames: int = defaults.MAX_HOLD_FRAMES
     style: str = "fill"
     # px if >= 1, else a fraction of the box's longer side; 0.15 covers the detector's box error
     # (chosen on val sequences of `fetalkit bench video`: README, Privacy masking)
