@@ -183,6 +183,39 @@ def test_level_norm_head_trains_and_exports(blob_set, tmp_path):
     assert det.prepare(np.zeros((40, 128), np.uint8))[0].shape == (1, 1, 64, 128) and boxes.shape[0] == scores.shape[0]
 
 
+def test_fine_tune_from_a_groupnorm_checkpoint(trained, blob_set, tmp_path):
+    """--from-checkpoint: a GroupNorm model's weights carried into fcos-mnv2-bn, then trained on."""
+    from fetalkit.training.detect import load_detector_checkpoint, read_checkpoint_weights
+    from fetalkit.training.detectors import build_detector, warm_start
+    source, _, _ = load_detector_checkpoint(trained / "best.pt")
+    state = read_checkpoint_weights(trained / "best.pt")
+    assert warm_start(build_detector("fcos-mnv2", 2, 128, "random"), state) == []
+    model = build_detector("fcos-mnv2-bn", 2, 128, "random")
+    fresh = warm_start(model, state)
+    assert fresh and all(k.rsplit(".", 1)[1] in ("running_mean", "running_var") for k in fresh)
+    torch.testing.assert_close(model.backbone.body["0"][0].weight, source.backbone.body["0"][0].weight)
+    gn_conv, gn = source.head.regression_head.conv[3], source.head.regression_head.conv[4]
+    assert isinstance(gn, torch.nn.GroupNorm)
+    torch.testing.assert_close(model.head.regression_head.tower.convs[1].weight, gn_conv.weight)
+    for level in model.head.regression_head.tower.norms:
+        torch.testing.assert_close(level[1].bias, gn.bias)
+    torch.testing.assert_close(model.head.classification_head.cls_logits.weight,
+                               source.head.classification_head.cls_logits.weight)
+
+    run = tmp_path / "ft"
+    res = fetalkit("train", "detector", "--data", blob_set, "--out", run, "--epochs", "1", "--batch-size", "8",
+                   "--size", "128", "--arch", "fcos-mnv2-bn", "--from-checkpoint", trained / "best.pt")
+    assert res.returncode == 0, res.stderr
+    assert load_detector_checkpoint(run / "best.pt")[1].from_checkpoint == str(trained / "best.pt")
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    for path in (bad, tmp_path / "missing.pt"):
+        res = fetalkit("train", "detector", "--data", blob_set, "--out", tmp_path / "ft2", "--from-checkpoint", path)
+        assert res.returncode == 1 and path.name in res.stderr and "best.pt" in res.stderr
+        assert "Traceback" not in res.stderr and not (tmp_path / "ft2").exists()
+
+
 def test_eval_detect_and_sweep_cli(trained, blob_set, tmp_path):
     onnx_path = tmp_path / "det.onnx"
     assert fetalkit("export", "detector", trained / "best.pt", "--out", onnx_path).returncode == 0

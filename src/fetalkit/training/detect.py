@@ -24,7 +24,7 @@ from fetalkit.evaluation.detection import coco_ap
 from fetalkit.types import ImageDetections
 from fetalkit.io.images import read_gray
 from fetalkit.runtime.detector import letterbox
-from fetalkit.training.detectors import backbone_parameters, build_detector
+from fetalkit.training.detectors import backbone_parameters, build_detector, warm_start
 from fetalkit.training.models import count_parameters
 from fetalkit.training.runs import RunFiles, default_device, seed_everything
 
@@ -33,6 +33,9 @@ from fetalkit.training.runs import RunFiles, default_device, seed_everything
 class DetTrainConfig:
     arch: str = "fcos-mnv2"
     init: str = "imagenet"            # imagenet | random
+    # a trained detector checkpoint to start from (fine-tuning): its weights replace ``init``
+    # wherever names and shapes agree, e.g. a GroupNorm model into a fcos-mnv2-bn one
+    from_checkpoint: Optional[str] = None
     size: int = 256                   # square letterboxed input
     epochs: int = 16
     batch_size: int = 16
@@ -128,7 +131,7 @@ def collate(batch):
 def make_optimizer(model, cfg: DetTrainConfig, steps_per_epoch: int):
     """AdamW + one-cycle; the pretrained trunk learns 3x slower (the paper's discriminative rates)."""
     trunk, rest = backbone_parameters(model)
-    trunk_lr = cfg.lr / 3 if cfg.init == "imagenet" else cfg.lr
+    trunk_lr = cfg.lr / 3 if cfg.init == "imagenet" or cfg.from_checkpoint else cfg.lr
     groups = [{"params": rest, "lr": cfg.lr}, {"params": trunk, "lr": trunk_lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups],
@@ -177,7 +180,10 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = default_device()
-    model = build_detector(cfg.arch, len(cfg.categories), cfg.size, cfg.init).to(device)
+    model = build_detector(cfg.arch, len(cfg.categories), cfg.size, cfg.init)
+    if cfg.from_checkpoint:
+        warm_start(model, read_checkpoint_weights(Path(cfg.from_checkpoint)))
+    model = model.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
     augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur)
     loader = torch.utils.data.DataLoader(DetDataset(data, train_idx, augment), batch_size=cfg.batch_size,
@@ -201,6 +207,17 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return {"best": run.best, "last": row}
+
+
+def read_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a detector checkpoint (``best.pt`` / ``last.pt`` of a run)."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        return ck["model"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such checkpoint; give a run's best.pt") from None
+    except Exception as e:  # torch raises many kinds for a file that is not a checkpoint
+        raise DataError(f"{path}: not a fetalkit detector checkpoint ({type(e).__name__}); give a run's best.pt") from None
 
 
 def load_detector_checkpoint(path: Path):
@@ -228,6 +245,9 @@ def train_detector(data_dir: Path, out_dir: Path, cfg: DetTrainConfig, resume: b
     if not any(len(s.labels) for s in ds.samples):
         raise DataError(f"{data_dir}: the label set has no boxes at all; a detector needs labelled objects")
     cfg.categories = list(ds.categories)
+    if cfg.from_checkpoint:  # refuse a bad checkpoint before any output is written
+        warm_start(build_detector(cfg.arch, len(cfg.categories), cfg.size, "random"),
+                   read_checkpoint_weights(Path(cfg.from_checkpoint)))
     train_idx, val_idx, test_idx = split_indices(ds, cfg.data_split_seed)
     if not len(train_idx) or not len(val_idx):
         raise DataError(f"{data_dir}: too few groups ({len(set(ds.groups()))}) to split into train / val / test")

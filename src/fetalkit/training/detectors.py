@@ -131,6 +131,37 @@ def _fcos_bn(num_classes: int, size: int, init: str) -> nn.Module:
     return model
 
 
+def _gn_tower_as_level_norms(state: dict[str, torch.Tensor], num_levels: int = 4) -> dict[str, torch.Tensor]:
+    """A GroupNorm head's towers renamed for ``_LevelNormTower``: the convolutions as they
+    are (their bias is dropped: a BatchNorm follows), each GroupNorm's scale and shift
+    copied into every level's BatchNorm, whose statistics are then learnt in fine-tuning."""
+    out = {}
+    for tower in ("classification_head", "regression_head"):
+        prefix = f"head.{tower}.conv."
+        convs = sorted(int(k[len(prefix):].split(".")[0]) for k, v in state.items()
+                       if k.startswith(prefix) and k.endswith(".weight") and v.ndim == 4)
+        for i, layer in enumerate(convs):  # torchvision's tower: conv, GroupNorm, ReLU per step
+            out[f"head.{tower}.tower.convs.{i}.weight"] = state[f"{prefix}{layer}.weight"]
+            for level in range(num_levels):
+                for name in ("weight", "bias"):
+                    out[f"head.{tower}.tower.norms.{level}.{i}.{name}"] = state[f"{prefix}{layer + 1}.{name}"]
+    return out
+
+
+def warm_start(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load a trained detector's weights into ``model`` wherever names and shapes agree (a
+    GroupNorm head is carried over into a per-level BatchNorm head); returns the names of
+    ``model``'s tensors left as initialised."""
+    own = model.state_dict()
+    if any(k.startswith("head.classification_head.tower.") for k in own):
+        state = {**state, **_gn_tower_as_level_norms(state)}
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("backbone.") for k in matched):
+        raise ModelError("the checkpoint shares no backbone weights with this architecture")
+    model.load_state_dict(matched, strict=False)
+    return sorted(k for k in own if k not in matched and not k.endswith("num_batches_tracked"))
+
+
 def _retinanet(num_classes: int, size: int, init: str) -> nn.Module:
     backbone = mobilenet_v2_fpn(64, LastLevelP6P7(64, 64), init)
     sizes = tuple((s, int(s * 1.26), int(s * 1.59)) for s in (16, 32, 64, 128, 256))
