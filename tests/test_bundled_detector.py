@@ -48,3 +48,28 @@ def test_mask_demo_on_phantom_clip(tmp_path):
     assert m["empty_frames"] > 0 and m["false_negative_frames"] <= 0.05 * m["target_frames"]
     assert m["false_masked_frames"] <= 0.2 * m["empty_frames"]
     assert len(m["log"].read_text().splitlines()) == 120
+
+
+def test_bundled_checkpoint_is_the_bundled_detector(tmp_path):
+    """psfhs-fcos-mnv2.pt (for --from-checkpoint) re-exports to the same network as the bundled ONNX."""
+    import pytest
+    pytest.importorskip("torch")
+    from fetalkit.training.export import export_detector
+    from fetalkit.synth.phantom import head_phantom
+    out = tmp_path / "re.onnx"
+    export_detector(MODELS_DIR / "psfhs-fcos-mnv2.pt", out)
+    frame = head_phantom(seed=3, shape_hw=(400, 400)).image  # square: the bundled card fixes a square input
+    a, b = OnnxDetector(resolve_model(None, "detector")), OnnxDetector(out)
+    (boxes_a, scores_a), (boxes_b, scores_b) = a.candidates(frame), b.candidates(frame)
+    np.testing.assert_allclose(scores_a, scores_b, atol=1e-5)
+    np.testing.assert_allclose(boxes_a, boxes_b, atol=1e-3)
+
+
+def test_fine_tune_the_bundled_detector_for_other_classes():
+    """A user's own classes: everything but the class layer starts from the bundled detector."""
+    import pytest
+    pytest.importorskip("torch")
+    from fetalkit.training.detect import read_checkpoint_weights
+    from fetalkit.training.detectors import build_detector, warm_start
+    fresh = warm_start(build_detector("fcos-mnv2", 1, 256, "random"), read_checkpoint_weights("psfhs-fcos-mnv2"))
+    assert fresh == ["head.classification_head.cls_logits.bias", "head.classification_head.cls_logits.weight"]

@@ -155,7 +155,7 @@ def train_detector_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.csv, metrics.png, split.txt."),
     arch: str = typer.Option("fcos-mnv2", help="Architecture (fetalkit.training.detectors.DET_ARCHS): fcos-mnv2, fcos-mnv2-bn, retinanet-mnv2, fasterrcnn-mnv2."),
     init: str = typer.Option("imagenet", help="Backbone initialisation: imagenet (offline weights) or random."),
-    from_checkpoint: Optional[Path] = typer.Option(None, "--from-checkpoint", help="Fine-tune a trained detector (a run's best.pt): its weights are loaded wherever names and shapes agree; a GroupNorm head carries over into fcos-mnv2-bn's BatchNorm head."),
+    from_checkpoint: Optional[str] = typer.Option(None, "--from-checkpoint", help="Fine-tune a trained detector: a run's best.pt, or psfhs-fcos-mnv2 (the bundled one). Weights are loaded wherever names and shapes agree (other classes get a new class layer); a GroupNorm head carries over into fcos-mnv2-bn's BatchNorm head."),
     epochs: int = typer.Option(16, min=1),
     batch_size: int = typer.Option(16, min=1),
     lr: float = typer.Option(2e-3, help="Peak one-cycle learning rate (the pretrained trunk gets lr/3)."),
@@ -179,7 +179,7 @@ def train_detector_cmd(
         read_checkpoint_weights(from_checkpoint)  # a bad file is refused before the run folder is made
     cfg = DetTrainConfig(arch=arch, init=init, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          threads=threads, hflip=hflip, split_seed=split_seed, aspect_crops=aspect_crops,
-                         motion_blur=motion_blur, from_checkpoint=str(from_checkpoint) if from_checkpoint else None)
+                         motion_blur=motion_blur, from_checkpoint=from_checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
     with Progress(console=console) as bar:

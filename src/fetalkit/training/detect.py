@@ -182,7 +182,7 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
     device = default_device()
     model = build_detector(cfg.arch, len(cfg.categories), cfg.size, cfg.init)
     if cfg.from_checkpoint:
-        warm_start(model, read_checkpoint_weights(Path(cfg.from_checkpoint)))
+        warm_start(model, read_checkpoint_weights(cfg.from_checkpoint))
     model = model.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
     augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur)
@@ -209,13 +209,21 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
     return {"best": run.best, "last": row}
 
 
-def read_checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The model weights of a detector checkpoint (``best.pt`` / ``last.pt`` of a run)."""
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A checkpoint file, or a bundled detector's name (its training checkpoint ships beside its ONNX)."""
+    from fetalkit.config import MODELS_DIR
+    bundled = MODELS_DIR / f"{name_or_path}.pt"
+    return bundled if not Path(name_or_path).exists() and bundled.is_file() else Path(name_or_path)
+
+
+def read_checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a detector checkpoint (a run's ``best.pt`` or a bundled name)."""
+    path = resolve_checkpoint(path)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
         return ck["model"]
     except FileNotFoundError:
-        raise DataError(f"{path}: no such checkpoint; give a run's best.pt") from None
+        raise DataError(f"{path}: no such checkpoint; give a run's best.pt or a bundled detector's name") from None
     except Exception as e:  # torch raises many kinds for a file that is not a checkpoint
         raise DataError(f"{path}: not a fetalkit detector checkpoint ({type(e).__name__}); give a run's best.pt") from None
 
@@ -247,7 +255,7 @@ def train_detector(data_dir: Path, out_dir: Path, cfg: DetTrainConfig, resume: b
     cfg.categories = list(ds.categories)
     if cfg.from_checkpoint:  # refuse a bad checkpoint before any output is written
         warm_start(build_detector(cfg.arch, len(cfg.categories), cfg.size, "random"),
-                   read_checkpoint_weights(Path(cfg.from_checkpoint)))
+                   read_checkpoint_weights(cfg.from_checkpoint))
     train_idx, val_idx, test_idx = split_indices(ds, cfg.data_split_seed)
     if not len(train_idx) or not len(val_idx):
         raise DataError(f"{data_dir}: too few groups ({len(set(ds.groups()))}) to split into train / val / test")
