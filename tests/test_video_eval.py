@@ -98,7 +98,7 @@ def test_bench_video_cli_writes_every_table(tmp_path):
                                  np.zeros(len(boxes), np.int64), group=f"g{i}"))
     write_detection_set(DetSet(["pubic_symphysis", "fetal_head"], samples), tmp_path / "set", "coco")
     r = subprocess.run([sys.executable, "-m", "fetalkit.cli", "bench", "video", "--data", str(tmp_path / "set"),
-                        "--split", "all", "--sequences", "2", "--frames", "12", "--out", str(tmp_path / "out")],
+                        "--split", "all", "--sequences", "2", "--frames", "12", "--draws", "2", "--out", str(tmp_path / "out")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rules = list(csv.DictReader(open(tmp_path / "out" / "rules.csv")))
@@ -108,3 +108,11 @@ def test_bench_video_cli_writes_every_table(tmp_path):
     kinds = list(csv.DictReader(open(tmp_path / "out" / "kinds.csv")))
     assert sum(int(k["target_frames"]) for k in kinds) == int(rules[0]["target_frames"]) > 0
     assert "false-negative frames by kind of frame" in r.stdout
+    # two draws of the same two scans, pooled: 4 sequences, each draw's frames adding up to the pool's
+    seqs = list(csv.DictReader(open(tmp_path / "out" / "sequences.csv")))
+    assert sorted((x["source"], x["draw"]) for x in seqs) == [("s0.png", "0"), ("s0.png", "1"), ("s1.png", "0"), ("s1.png", "1")]
+    draws = list(csv.DictReader(open(tmp_path / "out" / "draws.csv")))
+    assert [d["draw"] for d in draws] == ["0", "1"]
+    assert sum(int(d["target_frames"]) for d in draws) == int(rules[0]["target_frames"])
+    assert sum(int(d["fn_detector"]) for d in draws) == sum(int(x["fn_detector"]) for x in seqs)
+    assert "per draw" in r.stdout

@@ -27,6 +27,7 @@ class Sequence:
     target_boxes: list[np.ndarray | None]          # per frame: x1 y1 x2 y2 of the target, None if absent
     kinds: list[str] = field(default_factory=list)  # per frame: clean | blur | dropout | cutaway
     source: str = ""                                # the image the sequence was made from
+    draw: int = 0                                   # which draw of motion and noise (bench video --draws)
 
 
 def smooth_walk(n: int, scale: float, rng: np.random.Generator, smooth: int = 9) -> np.ndarray:
