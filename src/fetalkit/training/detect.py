@@ -19,7 +19,7 @@ import torch
 
 from fetalkit.datasets.splits import split_seed_of
 from fetalkit.detection.boxes import DetSet
-from fetalkit.errors import DataError
+from fetalkit.errors import DataError, ModelError
 from fetalkit.evaluation.detection import coco_ap
 from fetalkit.types import ImageDetections
 from fetalkit.io.images import read_gray
@@ -220,7 +220,7 @@ def read_checkpoint_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The model weights of a detector checkpoint (a run's ``best.pt`` or a bundled name)."""
     path = resolve_checkpoint(path)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no code runs
         return ck["model"]
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint; give a run's best.pt or a bundled detector's name") from None
@@ -253,9 +253,12 @@ def train_detector(data_dir: Path, out_dir: Path, cfg: DetTrainConfig, resume: b
     if not any(len(s.labels) for s in ds.samples):
         raise DataError(f"{data_dir}: the label set has no boxes at all; a detector needs labelled objects")
     cfg.categories = list(ds.categories)
-    if cfg.from_checkpoint:  # refuse a bad checkpoint before any output is written
-        warm_start(build_detector(cfg.arch, len(cfg.categories), cfg.size, "random"),
-                   read_checkpoint_weights(cfg.from_checkpoint))
+    if cfg.from_checkpoint:  # refuse a checkpoint that does not fit before any output is written
+        try:
+            warm_start(build_detector(cfg.arch, len(cfg.categories), cfg.size, "random"),
+                       read_checkpoint_weights(cfg.from_checkpoint))
+        except ModelError as e:
+            raise ModelError(f"{cfg.from_checkpoint}: {e} ({cfg.arch}); fine-tune a detector with the same trunk") from None
     train_idx, val_idx, test_idx = split_indices(ds, cfg.data_split_seed)
     if not len(train_idx) or not len(val_idx):
         raise DataError(f"{data_dir}: too few groups ({len(set(ds.groups()))}) to split into train / val / test")
