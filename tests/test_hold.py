@@ -126,3 +126,14 @@ def test_a_partly_overlapping_detection_does_not_replace_a_held_box():
     assert [h["box"] for h in steps[1].held] == [[10.0, 20.0, 30.0, 30.0]]
     # frame 2: `near` supersedes the held BOX; `shifted`, not found again, is now the held one
     np.testing.assert_array_equal(steps[2].masks.boxes_xyxy, [[12, 22, 42, 52], [25, 20, 55, 50]])
+
+
+def test_bboxholdsim_compares_frames_of_a_changed_size():
+    """The region detected in may grow mid-hold (fetalkit mask --roi auto): the SSIM
+    then compares the reference resized to the new frame instead of failing."""
+    import cv2
+    rule = HoldRule("ssim", ssim_threshold=0.5)
+    base = cv2.GaussianBlur(still_frames(1)[0], (0, 0), 3)   # structure larger than a pixel, as in a scan
+    wider = np.pad(base, ((0, 0), (0, 8)))
+    steps = run(rule, [base, wider], [dets((0, *BOX)), dets()])
+    assert steps[1].held and steps[1].ssim[0] > 0.5

@@ -144,3 +144,73 @@ def test_truncated_video_stops_cleanly_and_names_the_frame(tmp_path):
     assert report.error and "of the 30 frames" in report.error and 0 < report.failed_frame < 30
     cap = cv2.VideoCapture(str(tmp_path / "o.avi"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == report.failed_frame  # the frames before it, valid
+
+
+class ShapeRecorder(ScriptedDetector):
+    """A scripted detector that also records the size of every image it is given."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.shapes = []
+
+    def detect(self, gray, conf=None, iou=None):
+        self.shapes.append(gray.shape)
+        return super().detect(gray, conf, iou)
+
+
+def wide_screen(width=300, seed=0):
+    """Speckle 100 x 120 in the middle of a black 120 x ``width`` screen, a thin line at its edge."""
+    f = np.zeros((120, width), np.uint8)
+    f[10:110, 90:210] = np.random.default_rng(seed).integers(30, 255, (100, 120), dtype=np.uint8)
+    f[:, 3] = 255
+    return f
+
+
+def test_roi_auto_detects_in_the_imaged_area_and_maps_boxes_back():
+    det = ShapeRecorder(hits={0}, box=(5, 6, 25, 36))
+    m = Masker(det, MaskConfig(rule="none", margin=0))
+    step = m.step(0, wide_screen())
+    x, y, w, h = step.record["roi"]
+    assert x <= 90 and x + w >= 210 and y <= 10 and y + h >= 110     # the speckle is all inside
+    assert x > 3 and w < 170                                          # the edge line and black sides are not
+    assert det.shapes[0] == (h, w)
+    assert step.record["masks"] == [[5 + x, 6 + y, 20, 30]]           # frame pixels
+
+
+def test_roi_auto_only_grows():
+    m = Masker(ShapeRecorder(), MaskConfig(rule="none"))
+    first = m.step(0, wide_screen()).record["roi"]
+    wider = wide_screen()
+    wider[10:110, 40:90] = 120                                        # the image widens to the left
+    grown = m.step(1, wider).record["roi"]
+    assert grown[0] < first[0] and grown[0] + grown[2] >= first[0] + first[2]
+    assert m.step(2, np.zeros((120, 300), np.uint8)).record["roi"] == grown   # a black frame keeps it
+    assert m.step(3, wide_screen()).record["roi"] == grown
+
+
+def test_roi_full_and_fixed():
+    det = ShapeRecorder()
+    Masker(det, MaskConfig(roi="full")).step(0, wide_screen())
+    assert det.shapes[-1] == (120, 300)
+    step = Masker(det, MaskConfig(roi=(280, 100, 50, 50))).step(0, wide_screen())
+    assert det.shapes[-1] == (20, 20) and step.record["roi"] == [280, 100, 20, 20]   # clipped to the frame
+
+
+def test_parse_roi():
+    from fetalkit.errors import InputError
+    from fetalkit.masking.pipeline import parse_roi
+    assert parse_roi("auto") == "auto" and parse_roi("full") == "full"
+    assert parse_roi("240,40,640,570") == (240, 40, 640, 570)
+    for bad in ("centre", "1,2,3", "1,2,0,4", "-1,0,5,5"):
+        with pytest.raises(InputError, match="--roi"):
+            parse_roi(bad)
+
+
+def test_mask_cli_roi(tmp_path):
+    src = make_video(tmp_path / "v.avi", n=3)
+    res = fetalkit("mask", src, "-o", tmp_path / "o.avi", "--roi", "10,10")
+    assert res.returncode == 1 and "--roi" in res.stderr and "X,Y,W,H" in res.stderr
+    assert not (tmp_path / "o.avi").exists()
+    res = fetalkit("mask", src, "-o", tmp_path / "o.avi", "--roi", "10,20,60,50", "--log", tmp_path / "log.jsonl")
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(x)["roi"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [[10, 20, 60, 50]] * 3

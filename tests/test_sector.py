@@ -197,3 +197,26 @@ def test_hand_checked_reference_sectors(ref):
     s = detect_sector(image, source=ref["file"])
     assert s.kind == ref["kind"]
     assert iou(s.mask, mask_from_description(ref)) >= 0.95
+
+
+# --------------------------------------------------------------------------- imaged box (masking's region)
+
+
+def test_imaged_box_holds_the_fan_and_leaves_the_screen_graphics_out(phantoms):
+    from fetalkit.preprocess.sector import IMAGED_BOX_MARGIN, imaged_box
+    from fetalkit.synth.sequences import on_wide_screen
+    p = phantoms[0]
+    screen, ox = on_wide_screen(p.image, 1.8)
+    ys, xs = np.nonzero(p.sector)
+    fan = (xs.min() + ox, ys.min(), xs.max() + 1 + ox, ys.max() + 1)
+    screen[:, 6:8] = 200                                   # a thin vertical line at the screen's edge
+    screen[p.image.shape[0] // 2, :] = 255                 # a crosshair line across the whole screen
+    for y in range(20, screen.shape[0] - 20, 40):          # depth ticks beside the fan
+        screen[y:y + 2, 20:28] = 220
+    x1, y1, x2, y2 = imaged_box(screen)
+    h, w = screen.shape
+    slack_x, slack_y = IMAGED_BOX_MARGIN * w + 8, IMAGED_BOX_MARGIN * h + 8   # margin + one grid step
+    assert x1 <= fan[0] and y1 <= fan[1] and x2 >= fan[2] and y2 >= fan[3]   # the whole fan
+    assert x1 >= fan[0] - slack_x and x2 <= fan[2] + slack_x                  # not the graphics beside it
+    assert y1 >= fan[1] - slack_y or y1 == 0
+    assert imaged_box(np.zeros((120, 200), np.uint8)) is None

@@ -162,7 +162,10 @@ class HoldRule:
         if self.rule == "ssim" and track.age <= self.max_hold_frames:
             key = id(track.reference)
             if key not in memo:  # tracks detected on one frame share its SSIM
-                memo[key] = ssim(current.small, track.reference.small, imaged_only=self.ssim_imaged_only)
+                cur, ref = current.small, track.reference.small
+                if ref.shape != cur.shape:  # the frame or the region detected in changed size
+                    ref = cv2.resize(ref, cur.shape[::-1], interpolation=cv2.INTER_AREA)
+                memo[key] = ssim(cur, ref, imaged_only=self.ssim_imaged_only)
             return memo[key] >= self.ssim_threshold, memo[key]
         return False, None
 

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -54,6 +54,24 @@ class MaskConfig:
     fail_safe: str = "sector"               # sector | frame: what to blank when detection fails
     conf: Optional[float] = None            # None: the model's operating point
     iou: Optional[float] = None
+    # Where the detector looks: "auto" (the imaged area, see Masker.roi_box), "full" (the
+    # whole frame) or a fixed (x, y, w, h) in frame pixels.  On a wide scanner screen the
+    # image is a fraction of the frame; cropping to it lets the network see the target
+    # at the scale it was trained on (README, Privacy masking: wide screens).
+    roi: Union[str, tuple[int, int, int, int]] = "auto"
+
+
+def parse_roi(text: str) -> Union[str, tuple[int, int, int, int]]:
+    """``--roi`` as given on the command line: auto, full or X,Y,W,H (frame pixels)."""
+    if text in ("auto", "full"):
+        return text
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--roi {text!r}: use auto, full or X,Y,W,H in frame pixels (e.g. 240,40,640,570)") from None
+    if w <= 0 or h <= 0 or x < 0 or y < 0:
+        raise InputError(f"--roi {text!r}: X and Y must be >= 0 and W, H > 0")
+    return (x, y, w, h)
 
 
 @dataclass
@@ -71,6 +89,7 @@ class PreparedFrame:
 
     gray: np.ndarray
     model_input: object = None   # the detector's ModelInput, when it makes one
+    roi: Optional[tuple[int, int, int, int]] = None   # (x1, y1, x2, y2) detected in; None: the whole frame
 
 
 @dataclass
@@ -82,6 +101,7 @@ class Masker:
     sector_mask: Optional[np.ndarray] = None
     rule: HoldRule = field(init=False)
     keep: np.ndarray = field(init=False)
+    imaged: Optional[tuple[int, int, int, int]] = field(init=False, default=None)  # auto roi so far
 
     def __post_init__(self):
         self.rule = HoldRule(self.cfg.rule, self.cfg.hold_frames, self.cfg.ssim_threshold, self.cfg.max_hold_frames,
@@ -103,20 +123,50 @@ class Masker:
                 return None  # no sector found: blank the whole frame
         return self.sector_mask if self.sector_mask.shape == gray.shape else None
 
+    def roi_box(self, gray: np.ndarray) -> Optional[tuple[int, int, int, int]]:
+        """The rectangle (x1, y1, x2, y2) the detector looks at in this frame; None: all of it.
+
+        ``auto`` only ever grows: the union of every frame's imaged area so far
+        (:func:`fetalkit.preprocess.sector.imaged_box`), so an image that widens (a
+        deeper or wider sector) is followed at once and a dark frame never narrows it.
+        The reader thread calls this once per frame, in order.
+        """
+        h, w = gray.shape
+        if self.cfg.roi == "full":
+            return None
+        if self.cfg.roi == "auto":
+            from fetalkit.preprocess.sector import imaged_box
+            box = imaged_box(gray)
+            old = self.imaged if self.imaged is not None and self.imaged[2] <= w and self.imaged[3] <= h else None
+            if box is None:
+                box = old
+            elif old is not None:
+                box = (min(box[0], old[0]), min(box[1], old[1]), max(box[2], old[2]), max(box[3], old[3]))
+            self.imaged = box
+        else:
+            x, y, bw, bh = self.cfg.roi
+            box = (min(x, w - 1), min(y, h - 1), min(x + bw, w), min(y + bh, h))
+        return None if box is None or box == (0, 0, w, h) else box
+
     def prepare(self, frame: np.ndarray) -> PreparedFrame:
-        """Gray conversion and the detector's letterbox: stateless, so the reader thread runs it."""
+        """Gray conversion, the region to detect in and the detector's letterbox (the reader thread runs it)."""
         gray = to_gray(frame)
         make = getattr(self.detector, "model_input", None)
+        roi = self.roi_box(gray)
         try:
-            return PreparedFrame(gray, make(gray) if make else None)
+            return PreparedFrame(gray, make(_crop(gray, roi)) if make else None, roi)
         except Exception:  # a fault here is the detector's: step() meets it again and blanks the frame
-            return PreparedFrame(gray)
+            return PreparedFrame(gray, None, roi)
 
     def detect(self, pre: PreparedFrame) -> ImageDetections:
-        d = self.detector.detect(pre.model_input if pre.model_input is not None else pre.gray,
+        """The wanted classes' detections, in frame pixels."""
+        d = self.detector.detect(pre.model_input if pre.model_input is not None else _crop(pre.gray, pre.roi),
                                  self.cfg.conf, self.cfg.iou)
         m = self.keep[d.labels] if len(d.labels) else np.zeros(0, bool)
-        return ImageDetections(d.boxes_xyxy[m], d.scores[m], d.labels[m])
+        boxes = d.boxes_xyxy[m]
+        if pre.roi is not None:
+            boxes = boxes + np.array(pre.roi[:2] * 2, np.float32)
+        return ImageDetections(boxes, d.scores[m], d.labels[m])
 
     def step(self, index: int, frame: np.ndarray, pre: Optional[PreparedFrame] = None,
              render: bool = True) -> FrameResult:
@@ -152,6 +202,9 @@ class Masker:
             "held": [{**h, "class": names[h["class"]]} for h in step.held],
             "ms": {"detect": round((t1 - t0) * 1000, 2), "hold": round((t2 - t1) * 1000, 2)},
         }
+        if pre.roi is not None:
+            x1, y1, x2, y2 = pre.roi
+            record["roi"] = [x1, y1, x2 - x1, y2 - y1]
         if step.ssim:
             record["ssim"] = {names[k]: round(v, 4) for k, v in step.ssim.items()}
         result = FrameResult(index, frame, record, boxes, rendered=False)
@@ -165,6 +218,10 @@ class Masker:
             result.rendered = True
             result.record["ms"]["render"] = round((time.perf_counter() - t) * 1000, 2)
         return result
+
+
+def _crop(gray: np.ndarray, roi: Optional[tuple[int, int, int, int]]) -> np.ndarray:
+    return gray if roi is None else gray[roi[1]:roi[3], roi[0]:roi[2]]
 
 
 @dataclass
