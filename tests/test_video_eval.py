@@ -116,3 +116,42 @@ def test_bench_video_cli_writes_every_table(tmp_path):
     assert sum(int(d["target_frames"]) for d in draws) == int(rules[0]["target_frames"])
     assert sum(int(d["fn_detector"]) for d in draws) == sum(int(x["fn_detector"]) for x in seqs)
     assert "per draw" in r.stdout
+
+
+def test_widen_puts_frames_on_a_wide_screen_and_moves_the_boxes():
+    from fetalkit.synth.sequences import Sequence
+    frames = [np.full((40, 50), 100 + i, np.uint8) for i in range(3)]
+    seq = Sequence(frames, [np.array([5.0, 6.0, 15.0, 16.0]), None, np.array([0.0, 0.0, 50.0, 40.0])], ["clean"] * 3)
+    seq.widen(2.0)
+    ox = (80 - 50) // 2
+    assert all(f.shape == (40, 80) for f in seq.frames)
+    assert (seq.frames[1][:, ox:ox + 50] == 101).all() and seq.frames[1][:, :ox].max() == 0
+    assert np.array_equal(seq.target_boxes[0], [5 + ox, 6, 15 + ox, 16]) and seq.target_boxes[1] is None
+
+
+def test_bench_video_cli_wide_screens_and_bad_options(tmp_path):
+    import csv
+    import subprocess
+    import sys
+    from fetalkit.detection.boxes import DetSample, DetSet
+    from fetalkit.detection.formats import write_detection_set
+    from fetalkit.io.images import write_image
+    image = head_phantom(seed=0).image
+    path = write_image(tmp_path / "src" / "s0.png", image)
+    write_detection_set(DetSet(["pubic_symphysis", "fetal_head"], [DetSample(
+        "s0.png", path, image.shape[1], image.shape[0], BOX[None].astype(np.float32), np.zeros(1, np.int64), "g0")]),
+        tmp_path / "set", "coco")
+
+    def bench(*extra):
+        return subprocess.run([sys.executable, "-m", "fetalkit.cli", "bench", "video", "--data", str(tmp_path / "set"),
+                               "--split", "all", "--sequences", "1", "--frames", "10", "--out", str(tmp_path / "out"),
+                               *extra], capture_output=True, text=True)
+
+    for extra in (("--wide", "1.8"), ("--wide", "1.8", "--roi", "full")):
+        r = bench(*extra)
+        assert r.returncode == 0, r.stderr
+        rules = list(csv.DictReader(open(tmp_path / "out" / "rules.csv")))
+        assert int(rules[0]["target_frames"]) + int(rules[0]["empty_frames"]) == 10
+    for extra, message in ((("--wide", "0.5"), "--wide"), (("--roi", "left"), "--roi")):
+        r = bench(*extra)
+        assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr

@@ -29,6 +29,25 @@ class Sequence:
     source: str = ""                                # the image the sequence was made from
     draw: int = 0                                   # which draw of motion and noise (bench video --draws)
 
+    def widen(self, aspect: float) -> None:
+        """Put every frame in the centre of a black frame ``aspect`` times as wide as high,
+        as a scanner screen shows its image (target boxes move with it)."""
+        ox = 0
+        for i, f in enumerate(self.frames):
+            self.frames[i], ox = on_wide_screen(f, aspect)
+        self.target_boxes = [None if b is None else b + np.array([ox, 0, ox, 0], b.dtype) for b in self.target_boxes]
+
+
+def on_wide_screen(image: np.ndarray, aspect: float) -> tuple[np.ndarray, int]:
+    """``image`` in the centre of a black frame ``aspect`` times as wide as high (a scanner
+    screen); returns the frame and the image's x offset in it."""
+    h, w = image.shape[:2]
+    width = max(w, round(h * aspect))
+    ox = (width - w) // 2
+    screen = np.zeros((h, width) + image.shape[2:], image.dtype)
+    screen[:, ox:ox + w] = image
+    return screen, ox
+
 
 def smooth_walk(n: int, scale: float, rng: np.random.Generator, smooth: int = 9) -> np.ndarray:
     """A random walk low-passed by a moving average: slow, probe-like drift of amplitude ~``scale``."""
