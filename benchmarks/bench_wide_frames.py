@@ -7,7 +7,7 @@ A scanner shows its image in a wide frame with black sides (the FeEcho4D clip is
 1112 x 614, aspect 1.811).  Each image of the split is put in the centre of such a frame
 and detected three ways: the image as it is (the baseline), the whole wide frame
 letterboxed into the network, and only the frame's imaged area
-(:func:`fetalkit.preprocess.sector.imaged_box`, what ``fetalkit mask --roi auto`` does).
+(``--roi auto`` of ``fetalkit mask`` and ``fetalkit detect``: fetalkit.detection.region).
 COCO AP and label F1 (at the model's operating point) per class, the network's input
 size, and the AP ratio against the baseline are printed.
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from fetalkit.datasets.splits import select_split  # noqa: E402
 from fetalkit.detection.formats import read_detection_set  # noqa: E402
 from fetalkit.evaluation.detection import evaluate_detector  # noqa: E402
-from fetalkit.preprocess.sector import imaged_box  # noqa: E402
+from fetalkit.detection.region import crop, detection_region  # noqa: E402
 from fetalkit.runtime.detector import OnnxDetector  # noqa: E402
 from fetalkit.runtime.registry import resolve_model  # noqa: E402
 from fetalkit.synth.sequences import on_wide_screen  # noqa: E402
@@ -42,9 +42,9 @@ class WideFrames:
 
     def candidates(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         frame, ox = on_wide_screen(image, self.aspect) if self.aspect else (image, 0)
-        x1, y1, x2, y2 = (imaged_box(frame) or (0, 0, frame.shape[1], frame.shape[0])) if self.crop \
-            else (0, 0, frame.shape[1], frame.shape[0])
-        m = self.detector.model_input(frame[y1:y2, x1:x2])
+        region = detection_region(frame, "auto" if self.crop else "full")
+        x1, y1 = region[:2] if region else (0, 0)
+        m = self.detector.model_input(crop(frame, region))
         self.input_hw = m.x.shape[2:]
         boxes, scores = self.detector.candidates(m)
         boxes = boxes + np.array([x1 - ox, y1, x1 - ox, y1], np.float32)

@@ -73,3 +73,30 @@ def test_fine_tune_the_bundled_detector_for_other_classes():
     from fetalkit.training.detectors import build_detector, warm_start
     fresh = warm_start(build_detector("fcos-mnv2", 1, 256, "random"), read_checkpoint_weights("psfhs-fcos-mnv2"))
     assert fresh == ["head.classification_head.cls_logits.bias", "head.classification_head.cls_logits.weight"]
+
+
+def test_detect_cli_finds_the_head_on_a_wide_screen_in_frame_pixels(tmp_path):
+    """`fetalkit detect --roi auto` crops the imaged area and reports boxes in the screen's pixels."""
+    import subprocess
+    import sys
+    from fetalkit.detection.boxes import box_iou
+    from fetalkit.synth import head_phantom
+    from fetalkit.synth.sequences import on_wide_screen
+    p = head_phantom(seed=2)
+    screen, ox = on_wide_screen(p.image, 2.2)
+    screen[:, 4:6] = 255                                   # a line at the screen's edge
+    cv2.imwrite(str(tmp_path / "screen.png"), screen)
+    ys, xs = np.nonzero(p.mask)
+    truth = np.array([[xs.min() + ox, ys.min(), xs.max() + 1 + ox, ys.max() + 1]], np.float32)
+    for roi in ("auto", "full", "bad"):
+        res = subprocess.run([sys.executable, "-m", "fetalkit.cli", "detect", str(tmp_path / "screen.png"),
+                              "--roi", roi, "--out", str(tmp_path / roi)], capture_output=True, text=True)
+        if roi == "bad":
+            assert res.returncode == 1 and "--roi" in res.stderr and not (tmp_path / roi).exists()
+            continue
+        assert res.returncode == 0, res.stderr
+        heads = [d["bbox"] for d in json.loads((tmp_path / roi / "detections.json").read_text())
+                 if d["category"] == "fetal_head"]
+        found = np.array([[x, y, x + w, y + h] for x, y, w, h in heads], np.float32).reshape(-1, 4)
+        if roi == "auto":  # (the whole screen may find it too: the phantom's head is large)
+            assert len(found) and box_iou(found, truth).max() > 0.8

@@ -198,7 +198,7 @@ def test_roi_full_and_fixed():
 
 def test_parse_roi():
     from fetalkit.errors import InputError
-    from fetalkit.masking.pipeline import parse_roi
+    from fetalkit.detection.region import parse_roi
     assert parse_roi("auto") == "auto" and parse_roi("full") == "full"
     assert parse_roi("240,40,640,570") == (240, 40, 640, 570)
     for bad in ("centre", "1,2,3", "1,2,0,4", "-1,0,5,5"):

@@ -494,10 +494,13 @@ def detect_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or fold
                out_dir: Path = typer.Option(..., "--out", help="Output folder: detections.json (+ overlays)."),
                overlay: bool = typer.Option(False, help="Also write OUT/overlays/NAME.png with the boxes drawn."),
                class_names: str = typer.Option(None, help="Class names of a YOLO ONNX without metadata, comma-separated."),
+               roi: str = typer.Option("auto", "--roi", help="Where to detect in each image: auto (its imaged area, without a scanner screen's black sides and graphics), full or X,Y,W,H."),
                quiet: bool = typer.Option(False, "--quiet")):
     """Detect regions of interest; writes COCO-results-style detections.json (bbox [x, y, w, h] in input pixels)."""
     from fetalkit.detection.jobs import detect_files
-    rows = detect_files(inputs, model, conf, iou, out_dir, overlay, class_names.split(",") if class_names else None)
+    from fetalkit.detection.region import parse_roi
+    rows = detect_files(inputs, model, conf, iou, out_dir, overlay, class_names.split(",") if class_names else None,
+                        parse_roi(roi))
     _finish(rows, quiet, f"detections in {out_dir / 'detections.json'}")
 
 
@@ -527,7 +530,8 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
     from rich.progress import Progress
     from fetalkit.io.video import open_source
     from fetalkit.masking.hold import RULES
-    from fetalkit.masking.pipeline import MaskConfig, Masker, parse_roi, run_stream
+    from fetalkit.detection.region import parse_roi
+    from fetalkit.masking.pipeline import MaskConfig, Masker, run_stream
     from fetalkit.masking.render import STYLES
     from fetalkit.runtime.detector import OnnxDetector
     from fetalkit.runtime.registry import resolve_model
@@ -587,7 +591,8 @@ def bench_video_cmd(
                                            draw_breakdown, kind_breakdown, sequence_breakdown, ssim_variant)
     from fetalkit.io.images import atomic_write_bytes
     from fetalkit.io.jobs import write_csv_rows
-    from fetalkit.masking.pipeline import MaskConfig, Masker, parse_roi
+    from fetalkit.detection.region import parse_roi
+    from fetalkit.masking.pipeline import MaskConfig, Masker
     from fetalkit.runtime.detector import OnnxDetector
     from fetalkit.runtime.registry import resolve_model
     margin = MaskConfig.margin if margin is None else margin

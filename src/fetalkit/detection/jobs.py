@@ -9,6 +9,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from fetalkit.detection.region import RoiOption, crop, detection_region, to_frame
 from fetalkit.io.images import atomic_write_bytes, expand_inputs, read_gray
 from fetalkit.io.jobs import process_files, unique_stems
 from fetalkit.runtime.detector import OnnxDetector, detections_json
@@ -29,8 +30,10 @@ def draw_detections(image: np.ndarray, dets, classes: list[str]) -> np.ndarray:
 
 
 def detect_files(inputs: list[Path], model: Optional[str], conf: Optional[float], iou: Optional[float],
-                 out_dir: Path, overlay: bool = False, class_names: Optional[list[str]] = None) -> list[dict]:
-    """Detect on every input; ``out_dir/detections.json`` holds the detections of all readable inputs."""
+                 out_dir: Path, overlay: bool = False, class_names: Optional[list[str]] = None,
+                 roi: RoiOption = "auto") -> list[dict]:
+    """Detect on every input (in the region ``roi`` of each, see fetalkit.detection.region);
+    ``out_dir/detections.json`` holds the detections of all readable inputs, in image pixels."""
     det = OnnxDetector(resolve_model(model, "detector"), class_names=class_names)
     paths = expand_inputs(inputs)
     stems = unique_stems(paths)
@@ -38,7 +41,8 @@ def detect_files(inputs: list[Path], model: Optional[str], conf: Optional[float]
 
     def measure(path: Path, row: dict, write) -> None:
         image = read_gray(path)
-        dets = det.detect(image, conf, iou)
+        region = detection_region(image, roi)
+        dets = to_frame(det.detect(crop(image, region), conf, iou), region)
         records.extend(detections_json(str(path), dets, det.classes))
         row["n_detections"] = len(dets.scores)
         if overlay:

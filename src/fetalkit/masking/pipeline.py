@@ -20,10 +20,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
 
+from fetalkit.detection.region import Region, RoiOption, crop, detection_region, region_xywh, to_frame
 from fetalkit.errors import FetalkitError, InputError
 from fetalkit.io.video import FrameSource, open_sink, to_gray
 from fetalkit.masking import defaults
@@ -54,24 +55,9 @@ class MaskConfig:
     fail_safe: str = "sector"               # sector | frame: what to blank when detection fails
     conf: Optional[float] = None            # None: the model's operating point
     iou: Optional[float] = None
-    # Where the detector looks: "auto" (the imaged area, see Masker.roi_box), "full" (the
-    # whole frame) or a fixed (x, y, w, h) in frame pixels.  On a wide scanner screen the
-    # image is a fraction of the frame; cropping to it lets the network see the target
-    # at the scale it was trained on (README, Privacy masking: wide screens).
-    roi: Union[str, tuple[int, int, int, int]] = "auto"
-
-
-def parse_roi(text: str) -> Union[str, tuple[int, int, int, int]]:
-    """``--roi`` as given on the command line: auto, full or X,Y,W,H (frame pixels)."""
-    if text in ("auto", "full"):
-        return text
-    try:
-        x, y, w, h = (int(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"--roi {text!r}: use auto, full or X,Y,W,H in frame pixels (e.g. 240,40,640,570)") from None
-    if w <= 0 or h <= 0 or x < 0 or y < 0:
-        raise InputError(f"--roi {text!r}: X and Y must be >= 0 and W, H > 0")
-    return (x, y, w, h)
+    # Where the detector looks (fetalkit.detection.region): "auto" (the imaged area, grown
+    # over the video), "full" or a fixed (x, y, w, h); README, Privacy masking: wide screens.
+    roi: RoiOption = "auto"
 
 
 @dataclass
@@ -89,7 +75,7 @@ class PreparedFrame:
 
     gray: np.ndarray
     model_input: object = None   # the detector's ModelInput, when it makes one
-    roi: Optional[tuple[int, int, int, int]] = None   # (x1, y1, x2, y2) detected in; None: the whole frame
+    roi: Optional[Region] = None   # (x1, y1, x2, y2) detected in; None: the whole frame
 
 
 @dataclass
@@ -101,7 +87,7 @@ class Masker:
     sector_mask: Optional[np.ndarray] = None
     rule: HoldRule = field(init=False)
     keep: np.ndarray = field(init=False)
-    imaged: Optional[tuple[int, int, int, int]] = field(init=False, default=None)  # auto roi so far
+    imaged: Optional[Region] = field(init=False, default=None)  # the auto region so far
 
     def __post_init__(self):
         self.rule = HoldRule(self.cfg.rule, self.cfg.hold_frames, self.cfg.ssim_threshold, self.cfg.max_hold_frames,
@@ -123,30 +109,15 @@ class Masker:
                 return None  # no sector found: blank the whole frame
         return self.sector_mask if self.sector_mask.shape == gray.shape else None
 
-    def roi_box(self, gray: np.ndarray) -> Optional[tuple[int, int, int, int]]:
-        """The rectangle (x1, y1, x2, y2) the detector looks at in this frame; None: all of it.
-
-        ``auto`` only ever grows: the union of every frame's imaged area so far
-        (:func:`fetalkit.preprocess.sector.imaged_box`), so an image that widens (a
-        deeper or wider sector) is followed at once and a dark frame never narrows it.
-        The reader thread calls this once per frame, in order.
-        """
-        h, w = gray.shape
-        if self.cfg.roi == "full":
-            return None
+    def roi_box(self, gray: np.ndarray) -> Optional[Region]:
+        """The region (x1, y1, x2, y2) the detector looks at in this frame; None: all of it.
+        ``auto`` only grows (the union of every frame's imaged area so far), so an image
+        that widens is followed at once and a dark frame never narrows it.  The reader
+        thread calls this once per frame, in order."""
+        region = detection_region(gray, self.cfg.roi, self.imaged)
         if self.cfg.roi == "auto":
-            from fetalkit.preprocess.sector import imaged_box
-            box = imaged_box(gray)
-            old = self.imaged if self.imaged is not None and self.imaged[2] <= w and self.imaged[3] <= h else None
-            if box is None:
-                box = old
-            elif old is not None:
-                box = (min(box[0], old[0]), min(box[1], old[1]), max(box[2], old[2]), max(box[3], old[3]))
-            self.imaged = box
-        else:
-            x, y, bw, bh = self.cfg.roi
-            box = (min(x, w - 1), min(y, h - 1), min(x + bw, w), min(y + bh, h))
-        return None if box is None or box == (0, 0, w, h) else box
+            self.imaged = region
+        return region
 
     def prepare(self, frame: np.ndarray) -> PreparedFrame:
         """Gray conversion, the region to detect in and the detector's letterbox (the reader thread runs it)."""
@@ -154,19 +125,16 @@ class Masker:
         make = getattr(self.detector, "model_input", None)
         roi = self.roi_box(gray)
         try:
-            return PreparedFrame(gray, make(_crop(gray, roi)) if make else None, roi)
+            return PreparedFrame(gray, make(crop(gray, roi)) if make else None, roi)
         except Exception:  # a fault here is the detector's: step() meets it again and blanks the frame
             return PreparedFrame(gray, None, roi)
 
     def detect(self, pre: PreparedFrame) -> ImageDetections:
         """The wanted classes' detections, in frame pixels."""
-        d = self.detector.detect(pre.model_input if pre.model_input is not None else _crop(pre.gray, pre.roi),
+        d = self.detector.detect(pre.model_input if pre.model_input is not None else crop(pre.gray, pre.roi),
                                  self.cfg.conf, self.cfg.iou)
         m = self.keep[d.labels] if len(d.labels) else np.zeros(0, bool)
-        boxes = d.boxes_xyxy[m]
-        if pre.roi is not None:
-            boxes = boxes + np.array(pre.roi[:2] * 2, np.float32)
-        return ImageDetections(boxes, d.scores[m], d.labels[m])
+        return to_frame(ImageDetections(d.boxes_xyxy[m], d.scores[m], d.labels[m]), pre.roi)
 
     def step(self, index: int, frame: np.ndarray, pre: Optional[PreparedFrame] = None,
              render: bool = True) -> FrameResult:
@@ -202,9 +170,8 @@ class Masker:
             "held": [{**h, "class": names[h["class"]]} for h in step.held],
             "ms": {"detect": round((t1 - t0) * 1000, 2), "hold": round((t2 - t1) * 1000, 2)},
         }
-        if pre.roi is not None:
-            x1, y1, x2, y2 = pre.roi
-            record["roi"] = [x1, y1, x2 - x1, y2 - y1]
+        if region_xywh(pre.roi, pre.gray.shape) is not None:
+            record["roi"] = region_xywh(pre.roi, pre.gray.shape)
         if step.ssim:
             record["ssim"] = {names[k]: round(v, 4) for k, v in step.ssim.items()}
         result = FrameResult(index, frame, record, boxes, rendered=False)
@@ -218,10 +185,6 @@ class Masker:
             result.rendered = True
             result.record["ms"]["render"] = round((time.perf_counter() - t) * 1000, 2)
         return result
-
-
-def _crop(gray: np.ndarray, roi: Optional[tuple[int, int, int, int]]) -> np.ndarray:
-    return gray if roi is None else gray[roi[1]:roi[3], roi[0]:roi[2]]
 
 
 @dataclass
