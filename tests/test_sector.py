@@ -207,12 +207,11 @@ def test_imaged_box_holds_the_fan_and_leaves_the_screen_graphics_out(phantoms):
     from fetalkit.synth.sequences import on_wide_screen
     p = phantoms[0]
     screen, ox = on_wide_screen(p.image, 1.8)
-    ys, xs = np.nonzero(p.sector)
-    fan = (xs.min() + ox, ys.min(), xs.max() + 1 + ox, ys.max() + 1)
-    screen[:, 6:8] = 200                                   # a thin vertical line at the screen's edge
+    fan_mask, _ = on_wide_screen(p.sector, 1.8)
+    screen = add_scanner_ui(screen, fan_mask)              # header, text, grey-scale bar, logo, ticks
+    ys, xs = np.nonzero(fan_mask)
+    fan = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
     screen[p.image.shape[0] // 2, :] = 255                 # a crosshair line across the whole screen
-    for y in range(20, screen.shape[0] - 20, 40):          # depth ticks beside the fan
-        screen[y:y + 2, 20:28] = 220
     x1, y1, x2, y2 = imaged_box(screen)
     h, w = screen.shape
     slack_x, slack_y = IMAGED_BOX_MARGIN * w + 8, IMAGED_BOX_MARGIN * h + 8   # margin + one grid step
