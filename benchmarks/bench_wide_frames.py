@@ -5,8 +5,8 @@
 
 A scanner shows its image in a wide frame with black sides (the FeEcho4D clip is
 1112 x 614, aspect 1.811).  Each image of the split is put in the centre of such a frame
-and detected three ways: the image as it is (the baseline), the whole wide frame
-letterboxed into the network, and only the frame's imaged area
+and detected three ways: the image as it is (the baseline; also cropped to its own
+imaged area), the whole wide frame letterboxed into the network, and only the frame's imaged area
 (``--roi auto`` of ``fetalkit mask`` and ``fetalkit detect``: fetalkit.detection.region).
 COCO AP and label F1 (at the model's operating point) per class, the network's input
 size, and the AP ratio against the baseline are printed.
@@ -42,7 +42,7 @@ class WideFrames:
 
     def candidates(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         frame, ox = on_wide_screen(image, self.aspect) if self.aspect else (image, 0)
-        region = detection_region(frame, "auto" if self.crop else "full")
+        region = detection_region(frame, "auto" if self.crop else "full", min_side_px=self.detector.spec.size)
         x1, y1 = region[:2] if region else (0, 0)
         m = self.detector.model_input(crop(frame, region))
         self.input_hw = m.x.shape[2:]
@@ -64,19 +64,19 @@ def main() -> None:
     if args.split != "all":
         ds = ds.subset(select_split(ds.groups(), args.split, args.seed))
     print(f"{args.data} ({args.split}): {len(ds.samples)} images; wide frames of aspect {args.aspect:.3f}")
-    head = f"{'model':34s} {'frames':9s} {'input':>8s}"
+    head = f"{'model':34s} {'frames':10s} {'input':>8s}"
     for c in ds.categories:
         head += f"  {'AP ' + c[:12]:>16s} {'F1':>6s}"
     print(head + f"  {'AP vs as-is':>11s}")
     for spec in args.models:
         det = OnnxDetector(resolve_model(spec, "detector"), threads=2)
-        for frames, aspect, crop in (("as-is", None, False), ("wide", args.aspect, False),
-                                     ("wide+crop", args.aspect, True)):
+        for frames, aspect, crop in (("as-is", None, False), ("as-is+crop", None, True),
+                                     ("wide", args.aspect, False), ("wide+crop", args.aspect, True)):
             runner = WideFrames(det, aspect, crop)
             s = evaluate_detector(ds, runner)
             hw = runner.input_hw  # of the last image
             baseline = s["ap"] if frames == "as-is" else baseline
-            row = f"{spec[-34:]:34s} {frames:9s} {hw[0]:>3d}x{hw[1]:<4d}"
+            row = f"{spec[-34:]:34s} {frames:10s} {hw[0]:>3d}x{hw[1]:<4d}"
             for c in ds.categories:
                 row += f"  {s[f'ap_{c}']:16.4f} {s[f'f1_{c}']:6.4f}"
             print(row + f"  {s['ap'] / baseline:11.3f}", flush=True)

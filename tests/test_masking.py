@@ -214,3 +214,30 @@ def test_mask_cli_roi(tmp_path):
     res = fetalkit("mask", src, "-o", tmp_path / "o.avi", "--roi", "10,20,60,50", "--log", tmp_path / "log.jsonl")
     assert res.returncode == 0, res.stderr
     assert [json.loads(x)["roi"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [[10, 20, 60, 50]] * 3
+
+
+def test_roi_auto_leaves_an_image_that_fills_its_frame_whole():
+    """Cropping off a few black rows would only rescale the image: the detector gets the whole frame."""
+    det = ShapeRecorder()
+    frame = np.zeros((120, 130), np.uint8)
+    frame[:100, 5:125] = np.random.default_rng(1).integers(30, 255, (100, 120), dtype=np.uint8)
+    step = Masker(det, MaskConfig()).step(0, frame)
+    assert det.shapes == [(120, 130)] and "roi" not in step.record
+
+
+def test_roi_auto_never_magnifies_a_small_imaged_area():
+    """A shallow sector is shown to the network at no more than its own scale: the region
+    grows to the network's input size around the image (the detector knows that scale)."""
+    from types import SimpleNamespace
+    frame = np.zeros((200, 300), np.uint8)
+    frame[10:60, 100:160] = np.random.default_rng(2).integers(30, 255, (50, 60), dtype=np.uint8)
+    for side, shape in ((0, None), (128, (128, 128)), (256, (200, 256))):
+        det = ShapeRecorder()
+        det.spec = SimpleNamespace(size=side)
+        step = Masker(det, MaskConfig()).step(0, frame)
+        x, y, w, h = step.record["roi"]
+        assert x <= 100 and x + w >= 160 and y <= 10 and y + h >= 60    # the image is inside
+        if shape:
+            assert det.shapes[0] == shape
+        else:
+            assert max(det.shapes[0]) < 90                               # no size known: the tight box

@@ -41,7 +41,7 @@ def detect_files(inputs: list[Path], model: Optional[str], conf: Optional[float]
 
     def measure(path: Path, row: dict, write) -> None:
         image = read_gray(path)
-        region = detection_region(image, roi)
+        region = detection_region(image, roi, min_side_px=det.spec.size)
         dets = to_frame(det.detect(crop(image, region), conf, iou), region)
         records.extend(detections_json(str(path), dets, det.classes))
         row["n_detections"] = len(dets.scores)

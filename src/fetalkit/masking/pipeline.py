@@ -24,7 +24,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from fetalkit.detection.region import Region, RoiOption, crop, detection_region, region_xywh, to_frame
+from fetalkit.detection.region import (Region, RoiOption, crop, detection_region, imaged_region, region_xywh,
+                                      to_frame)
 from fetalkit.errors import FetalkitError, InputError
 from fetalkit.io.video import FrameSource, open_sink, to_gray
 from fetalkit.masking import defaults
@@ -87,7 +88,7 @@ class Masker:
     sector_mask: Optional[np.ndarray] = None
     rule: HoldRule = field(init=False)
     keep: np.ndarray = field(init=False)
-    imaged: Optional[Region] = field(init=False, default=None)  # the auto region so far
+    imaged: Optional[Region] = field(init=False, default=None)  # the imaged area so far (auto)
 
     def __post_init__(self):
         self.rule = HoldRule(self.cfg.rule, self.cfg.hold_frames, self.cfg.ssim_threshold, self.cfg.max_hold_frames,
@@ -111,13 +112,12 @@ class Masker:
 
     def roi_box(self, gray: np.ndarray) -> Optional[Region]:
         """The region (x1, y1, x2, y2) the detector looks at in this frame; None: all of it.
-        ``auto`` only grows (the union of every frame's imaged area so far), so an image
+        ``auto``'s imaged area only grows (the union of every frame's so far), so an image
         that widens is followed at once and a dark frame never narrows it.  The reader
         thread calls this once per frame, in order."""
-        region = detection_region(gray, self.cfg.roi, self.imaged)
         if self.cfg.roi == "auto":
-            self.imaged = region
-        return region
+            self.imaged = imaged_region(gray, self.imaged)
+        return detection_region(gray, self.cfg.roi, self.imaged, _input_side(self.detector))
 
     def prepare(self, frame: np.ndarray) -> PreparedFrame:
         """Gray conversion, the region to detect in and the detector's letterbox (the reader thread runs it)."""
@@ -185,6 +185,12 @@ class Masker:
             result.rendered = True
             result.record["ms"]["render"] = round((time.perf_counter() - t) * 1000, 2)
         return result
+
+
+def _input_side(detector) -> int:
+    """The network's input size (the longer side it letterboxes to); 0 when unknown."""
+    spec = getattr(detector, "spec", None)
+    return int(getattr(spec, "size", 0) or 0)
 
 
 @dataclass
