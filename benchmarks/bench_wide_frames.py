@@ -5,8 +5,8 @@
 
 A scanner shows its image in a wide frame with black sides (the FeEcho4D clip is
 1112 x 614, aspect 1.811).  Each image of the split is put in the centre of such a frame
-and detected three ways: the image as it is (the baseline; also cropped to its own
-imaged area), the whole wide frame letterboxed into the network, and only the frame's imaged area
+and detected four ways: the image as it is (the baseline), the image as it is with
+``--roi auto``, the whole wide frame letterboxed into the network, and only the frame's imaged area
 (``--roi auto`` of ``fetalkit mask`` and ``fetalkit detect``: fetalkit.detection.region).
 COCO AP and label F1 (at the model's operating point) per class, the network's input
 size, and the AP ratio against the baseline are printed.

@@ -170,8 +170,9 @@ class Masker:
             "held": [{**h, "class": names[h["class"]]} for h in step.held],
             "ms": {"detect": round((t1 - t0) * 1000, 2), "hold": round((t2 - t1) * 1000, 2)},
         }
-        if region_xywh(pre.roi, pre.gray.shape) is not None:
-            record["roi"] = region_xywh(pre.roi, pre.gray.shape)
+        roi = region_xywh(pre.roi, pre.gray.shape)
+        if roi is not None:
+            record["roi"] = roi
         if step.ssim:
             record["ssim"] = {names[k]: round(v, 4) for k, v in step.ssim.items()}
         result = FrameResult(index, frame, record, boxes, rendered=False)
