@@ -76,6 +76,24 @@ def test_split_seed_keeps_the_split_under_another_seed(trained, blob_set, tmp_pa
     assert card["split"]["seed"] == 0 and card["train"]["seed"] == 1
 
 
+def test_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(trained, blob_set, tmp_path):
+    run = tmp_path / "final"
+    res = fetalkit("train", "detector", "--data", blob_set, "--out", run, "--epochs", "2", "--batch-size", "8",
+                   "--size", "128", "--init", "random", "--final")
+    assert res.returncode == 0, res.stderr
+    assert "kept epoch 1" in res.stdout
+    assert (run / "split.txt").read_text() == (trained / "split.txt").read_text()  # test held out as before
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert not [k for k in header if k.startswith("val_")]  # nothing held out to score
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    assert best["epoch"] == 1 and best["config"]["final"] is True
+    from fetalkit.detection.formats import read_detection_set
+    from fetalkit.training.detect import split_indices
+    tr, va, _ = split_indices(read_detection_set(blob_set), 0)
+    info = json.loads((run / "config.json").read_text())
+    assert (info["n_train"], info["n_val"]) == (len(tr) + len(va), 0)
+
+
 def test_training_resumes_exactly(blob_set, tmp_path):
     from fetalkit.detection.formats import read_detection_set
     from fetalkit.training.detect import DetTrainConfig, fit, load_letterboxed, split_indices

@@ -167,6 +167,7 @@ def train_detector_cmd(
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed); keep it to retrain with another --seed on the same split."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
+    final: bool = typer.Option(False, "--final", help="Train on train + val with a recipe fixed beforehand (e.g. from an earlier run); the last epoch is kept, no val AP is scored; test stays held out."),
 ):
     """Train a detector on your labelled boxes (split by group / image, seeded, resumable; COCO AP per epoch)."""
     _needs_training_extra()
@@ -179,7 +180,7 @@ def train_detector_cmd(
         read_checkpoint_weights(from_checkpoint)  # a bad file is refused before the run folder is made
     cfg = DetTrainConfig(arch=arch, init=init, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          threads=threads, hflip=hflip, split_seed=split_seed, aspect_crops=aspect_crops,
-                         motion_blur=motion_blur, from_checkpoint=from_checkpoint)
+                         motion_blur=motion_blur, from_checkpoint=from_checkpoint, final=final)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
     with Progress(console=console) as bar:
@@ -193,7 +194,10 @@ def train_detector_cmd(
             bar.console.print(f"epoch {row['epoch']:3d}  loss {loss:.4f}  {aps}  ({row['seconds']} s)")
         result = train_detector(data, out_dir, cfg, resume=resume, progress=on_epoch,
                                 load_progress=lambda i, n: bar.update(load, completed=i, total=n))
-    out.print(f"best val AP[.5:.95] {result['best']:.4f}; checkpoints and metrics in {out_dir}")
+    if final:
+        out.print(f"final fit on train + val: kept epoch {epochs - 1}; checkpoints and metrics in {out_dir}")
+    else:
+        out.print(f"best val AP[.5:.95] {result['best']:.4f}; checkpoints and metrics in {out_dir}")
 
 
 @train_app.command("overlay-seg")

@@ -52,6 +52,9 @@ class DetTrainConfig:
     motion_blur: float = 0.0
     categories: list[str] = field(default_factory=list)
     split_seed: Optional[int] = None  # None: ``seed`` (another seed then trains on the same split)
+    # train on train + val with a recipe fixed beforehand (epochs included): nothing is held
+    # out to choose an epoch, so the last one is kept (``best.pt`` = ``last.pt``); test stays out
+    final: bool = False
 
     @property
     def data_split_seed(self) -> int:
@@ -176,7 +179,8 @@ def predict_torch(model, data: LetterboxedSet, indices: np.ndarray, device, batc
 def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.ndarray, cfg: DetTrainConfig,
         out_dir: Path, resume: bool = True, progress: Optional[Callable[[dict], None]] = None,
         stop_after_epoch: Optional[int] = None) -> dict:
-    """Train, score COCO AP[.5:.95] on ``val_idx`` each epoch, keep the best; exactly resumable."""
+    """Train, score COCO AP[.5:.95] on ``val_idx`` each epoch, keep the best; exactly resumable.
+    An empty ``val_idx`` (a final fit) scores nothing and keeps the last epoch."""
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = default_device()
@@ -197,11 +201,11 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         losses = train_one_epoch(model, loader, optimizer, scheduler, device)
-        metrics = coco_ap(val_set, predict_torch(model, data, val_idx, device))
+        metrics = coco_ap(val_set, predict_torch(model, data, val_idx, device)) if len(val_idx) else {}
         row = {"epoch": epoch, **{k: round(v, 5) for k, v in losses.items()},
                **{f"val_{k}": round(v, 5) for k, v in metrics.items()},
                "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
-        run.end_epoch(epoch, row, row["val_ap"])
+        run.end_epoch(epoch, row, row["val_ap"] if len(val_idx) else float(epoch))
         if progress:
             progress({**row, "best": run.best})
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
@@ -262,8 +266,10 @@ def train_detector(data_dir: Path, out_dir: Path, cfg: DetTrainConfig, resume: b
     train_idx, val_idx, test_idx = split_indices(ds, cfg.data_split_seed)
     if not len(train_idx) or not len(val_idx):
         raise DataError(f"{data_dir}: too few groups ({len(set(ds.groups()))}) to split into train / val / test")
-    out_dir.mkdir(parents=True, exist_ok=True)
     parts = {int(i): p for p, idx in zip(("train", "val", "test"), (train_idx, val_idx, test_idx)) for i in idx}
+    if cfg.final:  # val joins training; split.txt still says which part each image came from
+        train_idx, val_idx = np.sort(np.concatenate([train_idx, val_idx])), val_idx[:0]
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "split.txt").write_text("".join(f"{s.file_name},{parts[i]}\n" for i, s in enumerate(ds.samples)))
     data = load_letterboxed(ds, cfg.size, load_progress)
     return fit(ds, data, train_idx, val_idx, cfg, out_dir, resume, progress)
