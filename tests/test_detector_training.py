@@ -92,6 +92,19 @@ def test_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(trained, blo
     tr, va, _ = split_indices(read_detection_set(blob_set), 0)
     info = json.loads((run / "config.json").read_text())
     assert (info["n_train"], info["n_val"]) == (len(tr) + len(va), 0)
+    # its operating point comes from the val run of its recipe (here: the bundled detector's card)
+    from fetalkit.runtime.card import read_card
+    from fetalkit.runtime.registry import resolve_model
+    bundled = read_card(resolve_model(None, "detector"))["operating_point"]
+    res = fetalkit("export", "detector", run / "best.pt", "--out", tmp_path / "f.onnx",
+                   "--operating-point-from", "psfhs-fcos-mnv2")
+    assert res.returncode == 0, res.stderr
+    card = json.loads((tmp_path / "f.json").read_text())
+    assert (card["operating_point"]["conf"], card["operating_point"]["iou"]) == (bundled["conf"], bundled["iou"])
+    assert card["train"]["trained_on"] == "train+val (final fit)" and card["train"]["val_metrics"] == {}
+    bad = fetalkit("export", "detector", run / "best.pt", "--out", tmp_path / "g.onnx",
+                   "--operating-point-from", tmp_path / "missing.onnx")
+    assert bad.returncode != 0 and "missing.onnx" in bad.stderr + bad.stdout and not (tmp_path / "g.onnx").exists()
 
 
 def test_training_resumes_exactly(blob_set, tmp_path):

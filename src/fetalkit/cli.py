@@ -381,6 +381,7 @@ def export_detector_cmd(
     int8: bool = typer.Option(False, "--int8", help="Also write OUT stem + '-int8.onnx': static INT8 calibrated on training images."),
     calibration: int = typer.Option(64, help="Calibration images for --int8 (from the run's train split)."),
     data: Path = typer.Option(None, "--data", help="The run's label set (for --int8 calibration images)."),
+    operating_point_from: str = typer.Option(None, "--operating-point-from", help="Copy the confidence and NMS IoU of this model's card (bundled name or .onnx), e.g. for a --final fit, whose recipe's val run chose them."),
 ):
     """Export a single-stage detector (fcos-mnv2, retinanet-mnv2) to ONNX + card; check torch/onnxruntime parity."""
     _needs_training_extra()
@@ -390,7 +391,17 @@ def export_detector_cmd(
         raise InputError(f"{checkpoint}: checkpoint not found")
     if int8 and data is None:
         fail("--int8 needs --data (the label set the run trained on) for calibration images")
-    card = export_detector(checkpoint, out_path, name)
+    op = None
+    if operating_point_from:
+        from fetalkit.runtime.card import read_card
+        from fetalkit.runtime.registry import resolve_model
+        source = resolve_model(operating_point_from, "detector")
+        src_op = read_card(source).get("operating_point") or {}
+        if not {"conf", "iou"} <= set(src_op):
+            fail(f"--operating-point-from {operating_point_from}: its card has no operating point; run eval detector --sweep --update-card on it")
+        op = {"conf": src_op["conf"], "iou": src_op["iou"],
+              "chosen_on": f"carried over from {source.name} ({src_op.get('chosen_on', 'its card')})"}
+    card = export_detector(checkpoint, out_path, name, op)
     out.print(f"wrote {out_path} ({out_path.stat().st_size / 2**20:.1f} MB, {card['params'] / 1e6:.2f} M params)")
     if int8:
         from fetalkit.detection.formats import read_detection_set

@@ -81,8 +81,11 @@ def update_card(onnx_path: Path, section: str, values: dict) -> None:
     write_card(onnx_path, card)
 
 
-def export_detector(checkpoint: Path, out_path: Path, name: str | None = None) -> dict:
-    """Export a single-stage detector run to ONNX (dense layout, see fetalkit.runtime.detector) + card."""
+def export_detector(checkpoint: Path, out_path: Path, name: str | None = None,
+                    operating_point: dict | None = None) -> dict:
+    """Export a single-stage detector run to ONNX (dense layout, see fetalkit.runtime.detector) + card.
+    ``operating_point`` (conf, iou, chosen_on) goes into the card instead of the untuned default,
+    e.g. a final fit's, carried over from the val run of its recipe."""
     import torch
     from fetalkit.training.detect import load_detector_checkpoint
     from fetalkit.training.detectors import DET_ARCHS, INPUT_MULTIPLE, DenseDetectorExport
@@ -103,11 +106,13 @@ def export_detector(checkpoint: Path, out_path: Path, name: str | None = None) -
         "input_multiple": INPUT_MULTIPLE,
         "normalise": {"mean": 0.0, "std": 1.0, "applied_to": "x / 255 (the graph normalises inside)"},
         "classes": list(cfg.categories), "output": "dense",
-        "operating_point": {"conf": 0.25, "iou": 0.6, "chosen_on": "default (run eval detector --sweep --update-card)"},
+        "operating_point": operating_point or {"conf": 0.25, "iou": 0.6,
+                                               "chosen_on": "default (run eval detector --sweep --update-card)"},
         "arch": cfg.arch, "arch_description": DET_ARCHS[cfg.arch].description,
         "params": count_parameters(model), "init": cfg.init, "precision": "fp32",
         "train": {"epochs": cfg.epochs, "best_epoch": ck["epoch"], "seed": cfg.seed, "lr": cfg.lr,
                   "batch_size": cfg.batch_size, "size": cfg.size, "command": command,
+                  "trained_on": "train+val (final fit)" if cfg.final else "train",
                   "val_metrics": {k: v for k, v in ck.get("metrics", {}).items() if k.startswith("val_")}},
         "split": {"seed": cfg.data_split_seed, **split_counts(run_dir)},
         "metrics": {},
