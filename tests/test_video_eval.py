@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fetalkit.evaluation.video import covered_fraction, evaluate_rules, kind_breakdown, replay, sequence_breakdown
+from fetalkit.evaluation.video import (covered_fraction, evaluate_rules, kind_breakdown, replay, scan_intervals,
+                                      sequence_breakdown)
 from fetalkit.masking.hold import HoldRule
 from fetalkit.synth.phantom import head_phantom
 from fetalkit.synth.sequences import Sequence
@@ -54,6 +55,28 @@ def test_evaluate_rules_and_breakdown():
     per_seq = sequence_breakdown([seq, never], [dets, [ImageDetections.empty()] * 16])
     assert [r["source"] for r in per_seq] == ["scan.png", "never.png"]
     assert [(r["fn_detector"], r["fn_held"], r["rarely_found"]) for r in per_seq] == [(6, 0, False), (10, 10, True)]
+
+
+def _scan_row(source, draw, alone, held, fm_alone=0, fm_held=0, empties=10):
+    return {"source": source, "draw": draw, "fn_detector": alone, "fn_held": held, "false_masked_detector": fm_alone,
+            "false_masked_held": fm_held, "empty_frames": empties}
+
+
+def test_scan_intervals_resample_scans_not_frames():
+    # every scan removes half its misses: any resample of scans gives exactly 50 %
+    even = [_scan_row(f"s{i}.png", d, 4 + i, (4 + i) / 2, 0, 1) for i in range(6) for d in range(2)]
+    fn, fm = scan_intervals(even)
+    assert (fn["value"], fn["low"], fn["high"], fn["scans"]) == (0.5, 0.5, 0.5, 6)
+    assert fm["value"] == pytest.approx(100 * 12 / 120) and fm["low"] == pytest.approx(fm["high"])
+    # one scan missed in every frame and never rescued dominates: the pooled value is low,
+    # and resampling the scans gives a wide interval around it
+    skewed = [_scan_row(f"s{i}.png", 0, 4, 0) for i in range(9)] + [_scan_row("hard.png", 0, 40, 40)]
+    fn, _ = scan_intervals(skewed)
+    assert fn["value"] == pytest.approx(1 - 40 / 76)
+    assert fn["low"] < fn["value"] < fn["high"] == pytest.approx(1.0)
+    assert fn["high"] - fn["low"] > 0.3
+    one = scan_intervals([_scan_row("a.png", 0, 4, 1), _scan_row("a.png", 1, 4, 3)])[0]
+    assert (one["value"], one["low"], one["high"], one["scans"]) == (0.5, 0.5, 0.5, 1)
 
 
 def test_kind_breakdown_counts_misses_per_kind_of_frame():
@@ -116,6 +139,10 @@ def test_bench_video_cli_writes_every_table(tmp_path):
     assert sum(int(d["target_frames"]) for d in draws) == int(rules[0]["target_frames"])
     assert sum(int(d["fn_detector"]) for d in draws) == sum(int(x["fn_detector"]) for x in seqs)
     assert "per draw" in r.stdout
+    intervals = list(csv.DictReader(open(tmp_path / "out" / "intervals.csv")))
+    assert [x["metric"] for x in intervals] == ["fn_reduction", "false_masked_increase_pp"]
+    assert all(float(x["low"]) <= float(x["value"]) <= float(x["high"]) and x["scans"] == "2" for x in intervals)
+    assert "interval from resampling scans" in r.stdout
 
 
 def test_widen_puts_frames_on_a_wide_screen_and_moves_the_boxes():

@@ -132,8 +132,42 @@ def sequence_breakdown(seqs: list[Sequence], dets: list[list[ImageDetections]], 
         alone = replay(s, d, HoldRule(rule="none"), margin)
         held = replay(s, d, HoldRule(**setting), margin)
         rows.append({"source": s.source, "draw": s.draw, "target_frames": alone["targets"], "empty_frames": alone["empties"],
-                     "fn_detector": alone["fn"], "fn_held": held["fn"], "false_masked_held": held["false_masked"],
+                     "fn_detector": alone["fn"], "fn_held": held["fn"], "false_masked_detector": alone["false_masked"],
+                     "false_masked_held": held["false_masked"],
                      "rarely_found": alone["fn"] >= RARELY_FOUND * max(alone["targets"], 1)})
+    return rows
+
+
+def scan_intervals(per_seq: list[dict], confidence: float = 0.95, n_resamples: int = 2000,
+                   seed: int = 0) -> list[dict]:
+    """Bootstrap intervals of the hold rule's FN reduction and false-masked increase (rows of
+    :func:`sequence_breakdown`), resampling source scans: every draw of a scan moves with it,
+    so a few scans the detector fails on weigh as few scans, not as many frames."""
+    from scipy.stats import bootstrap
+    scans = sorted({r["source"] for r in per_seq})
+    keys = ("fn_detector", "fn_held", "false_masked_detector", "false_masked_held", "empty_frames")
+    per_scan = {k: np.array([sum(r[k] for r in per_seq if r["source"] == s) for s in scans], float) for k in keys}
+
+    def reduction(alone, held, axis=-1):
+        return 1.0 - held.sum(axis) / np.maximum(alone.sum(axis), 1.0)
+
+    def increase_pp(fm_alone, fm_held, empties, axis=-1):
+        return 100.0 * (fm_held.sum(axis) - fm_alone.sum(axis)) / np.maximum(empties.sum(axis), 1.0)
+
+    rows = []
+    for name, stat, data in (("fn_reduction", reduction, ("fn_detector", "fn_held")),
+                             ("false_masked_increase_pp", increase_pp,
+                              ("false_masked_detector", "false_masked_held", "empty_frames"))):
+        arrays = tuple(per_scan[k] for k in data)
+        value = float(stat(*arrays))
+        if len(scans) < 2:
+            low = high = value
+        else:
+            ci = bootstrap(arrays, stat, paired=True, vectorized=True, n_resamples=n_resamples,
+                           confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+            low, high = float(ci.low), float(ci.high)
+        rows.append({"metric": name, "value": value, "low": low, "high": high, "confidence": confidence,
+                     "scans": len(scans)})
     return rows
 
 
