@@ -644,9 +644,14 @@ def bench_video_cmd(
         per_seq = sequence_breakdown(seqs, dets, margin)
         per_kind = kind_breakdown(seqs, dets, margin)
         per_draw = draw_breakdown(seqs, dets, margin)
-        intervals = scan_intervals(per_seq)
+        try:
+            intervals = scan_intervals(per_seq)
+        except ModuleNotFoundError:
+            intervals = None
+            console.print("no intervals: they need scipy (pip install 'fetalkit[train]')")
     write_csv_rows(out_dir / "sequences.csv", per_seq, list(per_seq[0]))
-    write_csv_rows(out_dir / "intervals.csv", intervals, list(intervals[0]))
+    if intervals:
+        write_csv_rows(out_dir / "intervals.csv", intervals, list(intervals[0]))
     write_csv_rows(out_dir / "draws.csv", per_draw, list(per_draw[0]))
     write_csv_rows(out_dir / "kinds.csv", per_kind, list(per_kind[0]))
     columns = ["rule", "hold_frames", "ssim_threshold", "ssim_gain", "ssim_imaged_only", "fn_rate", "fn_reduction", "false_masked_rate",
@@ -685,12 +690,14 @@ def bench_video_cmd(
         out.print("per draw (detector alone -> BBoxHoldSim): " + "; ".join(
             f"draw {r['draw']}: {r['fn_detector']} -> {r['fn_held']} FN frames ({100 * r['fn_reduction']:.1f} % removed), "
             f"{r['false_masked_increase_pp']:+.2f} pp false-masked" for r in per_draw))
-    fn_ci, fm_ci = intervals
-    out.print(f"BBoxHoldSim (default) over {fn_ci['scans']} scans, 95 % interval from resampling scans: "
-              f"{100 * fn_ci['value']:.1f} % of misses removed ({100 * fn_ci['low']:.1f}-{100 * fn_ci['high']:.1f} %), "
-              f"{fm_ci['value']:+.2f} pp false-masked ({fm_ci['low']:+.2f} to {fm_ci['high']:+.2f})")
+    if intervals:
+        fn_ci, fm_ci = intervals
+        out.print(f"BBoxHoldSim (default) over {fn_ci['scans']} scans, 95 % interval from resampling scans: "
+                  f"{100 * fn_ci['value']:.1f} % of misses removed ({100 * fn_ci['low']:.1f}-{100 * fn_ci['high']:.1f} %), "
+                  f"{fm_ci['value']:+.2f} pp false-masked ({fm_ci['low']:+.2f} to {fm_ci['high']:+.2f})")
     out.print(f"wrote {out_dir / 'rules.csv'}, {out_dir / 'sequences.csv'}, {out_dir / 'kinds.csv'}, "
-              f"{out_dir / 'draws.csv'}, {out_dir / 'intervals.csv'} and {out_dir / 'tradeoff.png'}")
+              f"{out_dir / 'draws.csv'}" + (f", {out_dir / 'intervals.csv'}" if intervals else "")
+              + f" and {out_dir / 'tradeoff.png'}")
 
 
 @biometry_app.command("head")
