@@ -102,6 +102,12 @@ def test_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(trained, blo
     card = json.loads((tmp_path / "f.json").read_text())
     assert (card["operating_point"]["conf"], card["operating_point"]["iou"]) == (bundled["conf"], bundled["iou"])
     assert card["train"]["trained_on"] == "train+val (final fit)" and card["train"]["val_metrics"] == {}
+    # its val figures are figures of training images: not stored in the card
+    before = (tmp_path / "f.json").read_text()
+    res = fetalkit("eval", "detector", "--data", blob_set, "--model", tmp_path / "f.onnx", "--split", "val", "--sweep",
+                   "--update-card", "--out", tmp_path / "ev")
+    assert res.returncode != 0 and "final fit" in res.stderr + res.stdout
+    assert (tmp_path / "f.json").read_text() == before and not (tmp_path / "ev").exists()
     bad = fetalkit("export", "detector", run / "best.pt", "--out", tmp_path / "g.onnx",
                    "--operating-point-from", tmp_path / "missing.onnx")
     assert bad.returncode != 0 and "missing.onnx" in bad.stderr + bad.stdout and not (tmp_path / "g.onnx").exists()

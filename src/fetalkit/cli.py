@@ -444,6 +444,11 @@ def eval_detector_cmd(
     if not ds.samples:
         fail(f"{data}: no images in the {split} split")
     det = OnnxDetector(resolve_model(model, "detector"), class_names=class_names.split(",") if class_names else None)
+    if split == "val" and str((det.card or {}).get("train", {}).get("trained_on", "")).startswith("train+val"):
+        if card:  # an operating point chosen on images the model trained on would look better than it is
+            fail(f"{det.path.name} trained on the val split (a final fit): --update-card would store figures of "
+                 "training images; give it the operating point of its recipe's val run (export detector --operating-point-from)")
+        console.print(f"note: {det.path.name} trained on the val split (a final fit): these are training images")
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"detecting ({split})", total=len(ds.samples))
         s = evaluate_detector(ds, det, conf, iou, sweep, progress=lambda i, n: bar.update(task, completed=i))
