@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fetalkit.evaluation.video import (covered_fraction, evaluate_rules, kind_breakdown, replay, scan_intervals,
-                                      sequence_breakdown)
+from fetalkit.evaluation.video import (covered_fraction, evaluate_rules, kind_breakdown, replay, rule_grid,
+                                      scan_intervals, sequence_breakdown, unreachable_misses)
 from fetalkit.masking.hold import HoldRule
 from fetalkit.synth.phantom import head_phantom
 from fetalkit.synth.sequences import Sequence
@@ -55,6 +55,27 @@ def test_evaluate_rules_and_breakdown():
     per_seq = sequence_breakdown([seq, never], [dets, [ImageDetections.empty()] * 16])
     assert [r["source"] for r in per_seq] == ["scan.png", "never.png"]
     assert [(r["fn_detector"], r["fn_held"], r["rarely_found"]) for r in per_seq] == [(6, 0, False), (10, 10, True)]
+    # the misses of the first scan follow a detection that covers them; the second has none to keep
+    assert [r["fn_unreachable"] for r in per_seq] == [0, 10]
+
+
+def test_unreachable_misses_bound_every_hold_rule():
+    seq, dets = _sequence()
+    # the target is found only at frame 5: the 5 frames before it can be covered by no rule
+    late = [ImageDetections.empty()] * 5 + [dets[0]] + [ImageDetections.empty()] * 10
+    assert unreachable_misses(seq, late) == 5
+    # a box found well off the target (covering 25 % of it) is no help however long it is kept
+    off = ImageDetections((BOX[None] + [20, 20, 20, 20]).astype(np.float32), np.array([0.9], np.float32), np.array([0]))
+    assert unreachable_misses(seq, [off] * 16) == 10
+    # a margin that grows that box over the target makes every miss reachable
+    assert unreachable_misses(seq, [off] * 16, margin=0.5) == 0
+    # and no rule of the benchmark's grid misses fewer frames than the bound
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        shuffled = [dets[0] if rng.random() < 0.3 else ImageDetections.empty() for _ in range(16)]
+        bound = unreachable_misses(seq, shuffled)
+        for setting in rule_grid(hold_frames=(2, 20), ssim_thresholds=(0.3, 0.6)):
+            assert replay(seq, shuffled, HoldRule(**setting))["fn"] >= bound
 
 
 def _scan_row(source, draw, alone, held, fm_alone=0, fm_held=0, empties=10):
@@ -139,6 +160,7 @@ def test_bench_video_cli_writes_every_table(tmp_path):
     assert sum(int(d["target_frames"]) for d in draws) == int(rules[0]["target_frames"])
     assert sum(int(d["fn_detector"]) for d in draws) == sum(int(x["fn_detector"]) for x in seqs)
     assert "per draw" in r.stdout
+    assert all(0 <= int(x["fn_unreachable"]) <= int(x["fn_held"]) for x in seqs)
     intervals = list(csv.DictReader(open(tmp_path / "out" / "intervals.csv")))
     assert [x["metric"] for x in intervals] == ["fn_reduction", "false_masked_increase_pp"]
     assert all(float(x["low"]) <= float(x["value"]) <= float(x["high"]) and x["scans"] == "2" for x in intervals)

@@ -689,6 +689,10 @@ def bench_video_cmd(
               f"{len(per_seq)} sequences; {len(rare)} sequences whose target it misses in >= 90 % of frames hold "
               f"{sum(r['fn_detector'] for r in rare)} of them (no hold rule can keep a box never seen)"
               + (": " + ", ".join(r["source"] for r in rare) if rare else ""))
+    unreachable = sum(r["fn_unreachable"] for r in per_seq)
+    if fn_alone:
+        out.print(f"{unreachable} of the {fn_alone} are covered by no box detected so far in their sequence: no hold "
+                  f"rule that keeps earlier boxes in place can remove more than {100 * (1 - unreachable / fn_alone):.1f} %")
     out.print("false-negative frames by kind of frame (detector alone -> BBoxHoldSim): " + "; ".join(
         f"{r['kind']} {r['fn_detector']} -> {r['fn_held']} of {r['target_frames']}" for r in per_kind))
     if draws > 1:

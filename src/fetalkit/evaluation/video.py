@@ -58,6 +58,24 @@ def replay(seq: Sequence, dets: list[ImageDetections], rule: HoldRule, margin: f
             "frames": len(seq.frames)}
 
 
+def unreachable_misses(seq: Sequence, dets: list[ImageDetections], margin: float = 0.0) -> int:
+    """Target frames that no rule keeping earlier boxes in place can cover: not >= 90 %
+    covered even by every box detected so far in the sequence, kept where it was found.
+
+    BBoxHold and BBoxHoldSim mask the current detections and a subset of earlier ones,
+    unmoved, so they miss at least these frames; the rest of the detector's misses are
+    what a hold rule can still remove (a rule that moved boxes with the image could do more).
+    """
+    seen = np.zeros((0, 4), np.float32)
+    n = 0
+    for frame, d, gt in zip(seq.frames, dets, seq.target_boxes):
+        now = grow_boxes(d.boxes_xyxy, frame.shape, margin)
+        seen = np.concatenate([seen, now])
+        if gt is not None and covered_fraction(gt, now) < COVER_FRACTION:  # the detector missed it
+            n += int(covered_fraction(gt, seen) < COVER_FRACTION)
+    return n
+
+
 def summarise(counts: list[dict]) -> dict:
     t = {k: sum(c[k] for c in counts) for k in counts[0]}
     return {"fn_rate": t["fn"] / max(t["targets"], 1), "false_masked_rate": t["false_masked"] / max(t["empties"], 1),
@@ -125,7 +143,8 @@ RARELY_FOUND = 0.9  # a sequence whose target is missed in >= 90 % of its frames
 def sequence_breakdown(seqs: list[Sequence], dets: list[list[ImageDetections]], margin: float = 0.0,
                        setting: dict | None = None) -> list[dict]:
     """Per sequence: false-negative frames of the detector alone and with one hold rule (the
-    default BBoxHoldSim), so that misses a hold rule cannot fix (a target never seen) show."""
+    default BBoxHoldSim), so that misses a hold rule cannot fix show: ``fn_unreachable``
+    (:func:`unreachable_misses`) and ``rarely_found`` (a target the detector almost never sees)."""
     setting = setting or {"rule": "ssim"}
     rows = []
     for s, d in zip(seqs, dets):
@@ -133,7 +152,7 @@ def sequence_breakdown(seqs: list[Sequence], dets: list[list[ImageDetections]], 
         held = replay(s, d, HoldRule(**setting), margin)
         rows.append({"source": s.source, "draw": s.draw, "target_frames": alone["targets"], "empty_frames": alone["empties"],
                      "fn_detector": alone["fn"], "fn_held": held["fn"], "false_masked_detector": alone["false_masked"],
-                     "false_masked_held": held["false_masked"],
+                     "false_masked_held": held["false_masked"], "fn_unreachable": unreachable_misses(s, d, margin),
                      "rarely_found": alone["fn"] >= RARELY_FOUND * max(alone["targets"], 1)})
     return rows
 
