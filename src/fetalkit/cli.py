@@ -607,13 +607,13 @@ def bench_video_cmd(
     from rich.progress import Progress
     from fetalkit.datasets.splits import select_split
     from fetalkit.detection.formats import read_detection_set
-    from fetalkit.evaluation.video import (build_sequences, evaluate_rules, plot_tradeoff, rule_grid,
-                                           draw_breakdown, kind_breakdown, scan_intervals, sequence_breakdown,
-                                           ssim_variant)
+    from fetalkit.evaluation.video import (build_sequences, detect_sequences, evaluate_rules, plot_tradeoff,
+                                           rule_grid, draw_breakdown, kind_breakdown, scan_intervals,
+                                           sequence_breakdown, ssim_variant)
     from fetalkit.io.images import atomic_write_bytes
     from fetalkit.io.jobs import write_csv_rows
     from fetalkit.detection.region import parse_roi
-    from fetalkit.masking.pipeline import MaskConfig, Masker
+    from fetalkit.masking.pipeline import MaskConfig
     from fetalkit.runtime.detector import OnnxDetector
     from fetalkit.runtime.registry import resolve_model
     margin = MaskConfig.margin if margin is None else margin
@@ -639,12 +639,7 @@ def bench_video_cmd(
         if wide:
             for s in seqs:
                 s.widen(wide)
-        dets, done = [], 0
-        for s in seqs:  # through the detection step of 'fetalkit mask', its region state fresh per sequence
-            masker = Masker(det, MaskConfig(classes=[category], conf=conf, roi=roi_value))
-            dets.append([masker.detect(masker.prepare(f)) for f in s.frames])
-            done += len(s.frames)
-            bar.update(t2, completed=done)
+        dets = detect_sequences(seqs, det, category, conf, roi_value, lambda done: bar.update(t2, completed=done))
         rows = evaluate_rules(seqs, dets, rule_grid(), margin)
         per_seq = sequence_breakdown(seqs, dets, margin)
         per_kind = kind_breakdown(seqs, dets, margin)

@@ -234,6 +234,21 @@ def plot_tradeoff(rows: list[dict], png_path) -> None:
     plt.close(fig)
 
 
+def detect_sequences(seqs: list[Sequence], detector, category: str, conf: float | None = None,
+                     roi=None, progress=None) -> list[list[ImageDetections]]:
+    """Detections of ``category`` in every frame, through the detection step of
+    ``fetalkit mask`` (``--roi`` included), its region state fresh for each sequence."""
+    from fetalkit.masking.pipeline import MaskConfig, Masker
+    dets, done = [], 0
+    for s in seqs:
+        masker = Masker(detector, MaskConfig(classes=[category], conf=conf, roi=roi))
+        dets.append([masker.detect(masker.prepare(f)) for f in s.frames])
+        done += len(s.frames)
+        if progress:
+            progress(done)
+    return dets
+
+
 def build_sequences(ds, category: str, n_sequences: int, n_frames: int, seed: int = 0,
                     progress=None) -> list[Sequence]:
     """Sequences from a detection set: each from one image holding ``category`` (its box is the
