@@ -61,9 +61,10 @@ def main() -> None:
     print(f"{len(seqs)} sequences ({args.split}, {args.draws} draws), {det.path.name}, margin {margin:g}; "
           f"misses no box detected so far covers: {unreachable}")
     print(f"{'rule':34s} {'FN frames':>9s} {'removed':>8s} {'false-masked':>12s} {'+pp':>7s} {'box area':>9s}")
-    base = summarise([replay(s, d, HoldRule("none"), margin) for s, d in zip(seqs, dets)])
-    for name, cls, kwargs in settings:
-        counts = summarise([replay(s, d, cls(**kwargs), margin) for s, d in zip(seqs, dets)])
+    results = [(name, summarise([replay(s, d, cls(**kwargs), margin) for s, d in zip(seqs, dets)]))
+               for name, cls, kwargs in settings]
+    base = results[0][1]  # the detector alone
+    for name, counts in results:
         removed = 1 - counts["fn_frames"] / max(base["fn_frames"], 1)
         pp = 100 * (counts["false_masked_rate"] - base["false_masked_rate"])
         print(f"{name:34s} {counts['fn_frames']:9d} {100 * removed:7.1f} % {100 * counts['false_masked_rate']:10.2f} % "
