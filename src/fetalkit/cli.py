@@ -882,6 +882,60 @@ def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file, a video (.mp4 .
     out.print(f"wrote {output}")
 
 
+@app.command("batch")
+def batch_cmd(job: str = typer.Argument(..., help="mask, deid, biometry-head, aop or detect."),
+              src: Path = typer.Argument(..., help="Archive folder (searched recursively: images, videos, DICOM) or one file."),
+              out_dir: Path = typer.Option(..., "--out", help="Output folder: outputs mirror SRC's folders; manifest.csv, results.csv."),
+              workers: int = typer.Option(1, "--workers", min=1, help="Local worker processes (1: this process); with --ray local, Ray CPUs."),
+              ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' (start one here), 'auto' or a cluster address; needs fetalkit[cluster]."),
+              model: Optional[str] = typer.Option(None, "--model", help="Bundled model name or .onnx path (default: the job's bundled model)."),
+              pixel_mm: Optional[float] = typer.Option(None, "--pixel-mm", help="biometry-head: pixel size in mm for every input (else from --pixel-csv or the DICOM)."),
+              pixel_csv: Optional[Path] = typer.Option(None, "--pixel-csv", help="biometry-head: HC18-style csv (filename,pixel size(mm)), by file name."),
+              overlays: bool = typer.Option(True, help="biometry-head, aop, detect: write overlay PNGs."),
+              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only.")):
+    """Run one job over a whole archive, resumable: rerun the same command to skip what is done and retry what failed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+    from fetalkit.batch import BatchOptions, run_batch
+    if pixel_mm is not None and pixel_csv is not None:
+        fail("give either --pixel-mm or --pixel-csv, not both")
+    options = BatchOptions(model=model, pixel_mm=pixel_mm, pixel_csv=str(pixel_csv) if pixel_csv else None,
+                           overlays=overlays)
+
+    class FilesPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f} files/s" if task.speed else "- files/s")
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), FilesPerSecond(),
+                  TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[failed]} failed"),
+                  console=console, transient=True, disable=quiet) as bar:
+        task = bar.add_task(job, total=None, failed=0)
+        n_failed = 0
+
+        def on_file(entry):
+            nonlocal n_failed
+            n_failed += entry.status == "failed"
+            bar.update(task, advance=1, failed=n_failed)
+        summary = run_batch(job, src, out_dir, options, workers=workers, ray_address=ray,
+                            on_start=lambda n: bar.update(task, total=n), on_file=on_file)
+    if not quiet:
+        rate = summary.done / summary.seconds if summary.seconds else 0.0
+        out.print(f"{job}: {summary.done} done ({rate:.1f} files/s), {summary.skipped} skipped (done before), "
+                  f"{summary.failed} failed, {summary.ignored} ignored (not inputs of {job})"
+                  + (f", {summary.pending} not reached" if summary.pending else "")
+                  + f"; {summary.manifest}, {summary.results}", soft_wrap=True)
+    for e in summary.failures[:20]:
+        console.print(f"[red]error:[/red] {e.error}", highlight=False, soft_wrap=True)
+    if len(summary.failures) > 20:
+        console.print(f"... {len(summary.failures) - 20} more failures in {summary.manifest}")
+    if summary.interrupted:
+        console.print(f"interrupted: the {summary.done} inputs finished in this run are kept, "
+                      f"{summary.pending} not reached; rerun the same command to resume", soft_wrap=True)
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
 @data_app.command("boxes")
 def data_boxes_cmd(src: Path = typer.Argument(..., help="PSFHS or HC18 folder (boxes from their labels), or a COCO json / YOLO folder / CVAT XML (or a folder of CVAT annotations.xml)."),
                    fmt: str = typer.Option("coco", "--format", help="Output format: coco or yolo."),

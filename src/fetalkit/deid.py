@@ -39,8 +39,11 @@ which is the caller's ``clean_pixels`` function.
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -99,20 +102,32 @@ class UidMap:
     originals, so it is itself identifying: keep it with the source data, never
     ship it with the de-identified files.
 
+    With a secret ``key`` the new UID is a keyed hash (HMAC-SHA256) of the
+    original instead of a random draw, so separate processes or machines that
+    share the key give one file's study the same new UIDs without sharing a
+    map (``fetalkit batch deid``).  The key is as identifying as the map.
+
     Example
     -------
     >>> uids = UidMap()
     >>> uids.new_uid("1.2.3") == uids.new_uid("1.2.3") != "1.2.3"
     True
+    >>> UidMap(key="k").new_uid("1.2.3") == UidMap(key="k").new_uid("1.2.3")
+    True
     """
 
     mapping: dict[str, str] = field(default_factory=dict)
+    key: str | None = field(default=None, repr=False)
 
     def new_uid(self, original: str) -> str:
         """The replacement of ``original`` (created on first use)."""
         key = str(original).strip().rstrip("\x00")
         if key not in self.mapping:
-            self.mapping[key] = str(generate_uid(prefix=None))
+            if self.key is None:
+                self.mapping[key] = str(generate_uid(prefix=None))
+            else:
+                digest = hmac.new(self.key.encode(), key.encode(), hashlib.sha256).digest()
+                self.mapping[key] = f"2.25.{uuid.UUID(bytes=digest[:16], version=4).int}"
         return self.mapping[key]
 
     def __len__(self) -> int:

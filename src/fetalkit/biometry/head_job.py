@@ -13,6 +13,7 @@ from fetalkit.datasets.hc18 import read_pixel_csv
 from fetalkit.errors import InputError
 from fetalkit.io.images import check_image_content, expand_inputs, read_gray
 from fetalkit.io.jobs import process_files, unique_stems, write_csv_rows
+from fetalkit.types import HeadMeasurement
 
 COLUMNS = ["filename", "hc_mm", "bpd_mm", "ofd_mm", "center_x_px", "center_y_px", "semi_axis_a_px",
            "semi_axis_b_px", "angle_deg", "hc_px", "bpd_px", "ofd_px", "pixel_mm", "units", "error"]
@@ -30,6 +31,20 @@ def pixel_size_for(path: Path, pixel_mm: Optional[float], table: Optional[dict])
 
 def _fmt(v: Optional[float], nd: int = 3) -> str:
     return "" if v is None else f"{v:.{nd}f}"
+
+
+def head_row(m: HeadMeasurement) -> dict:
+    """The csv columns of one measurement (``COLUMNS`` less filename and error), as text."""
+    e, px = m.ellipse, m.pixel_mm
+    scale = px if px is not None else 1.0
+    row = dict(center_x_px=_fmt(e.center_x_px, 2), center_y_px=_fmt(e.center_y_px, 2),
+               semi_axis_a_px=_fmt(e.semi_axis_a_px, 2), semi_axis_b_px=_fmt(e.semi_axis_b_px, 2),
+               angle_deg=_fmt(e.angle_deg, 2), units=m.units, pixel_mm=_fmt(px, 6),
+               hc_px=_fmt(m.hc / scale, 2), bpd_px=_fmt(m.bpd / scale, 2), ofd_px=_fmt(m.ofd / scale, 2),
+               hc_mm="", bpd_mm="", ofd_mm="")
+    if px is not None:
+        row.update(hc_mm=_fmt(m.hc, 2), bpd_mm=_fmt(m.bpd, 2), ofd_mm=_fmt(m.ofd, 2))
+    return row
 
 
 def measure_files(inputs: list[str | Path], out_dir: Path, pixel_mm: Optional[float] = None,
@@ -57,14 +72,7 @@ def measure_files(inputs: list[str | Path], out_dir: Path, pixel_mm: Optional[fl
         check_image_content(path, image)
         px = pixel_size_for(path, pixel_mm, table)
         m, _ = biometry.measure(image, px)
-        e = m.ellipse
-        scale = px if px is not None else 1.0
-        row.update(center_x_px=_fmt(e.center_x_px, 2), center_y_px=_fmt(e.center_y_px, 2),
-                   semi_axis_a_px=_fmt(e.semi_axis_a_px, 2), semi_axis_b_px=_fmt(e.semi_axis_b_px, 2),
-                   angle_deg=_fmt(e.angle_deg, 2), units=m.units, pixel_mm=_fmt(px, 6),
-                   hc_px=_fmt(m.hc / scale, 2), bpd_px=_fmt(m.bpd / scale, 2), ofd_px=_fmt(m.ofd / scale, 2))
-        if px is not None:
-            row.update(hc_mm=_fmt(m.hc, 2), bpd_mm=_fmt(m.bpd, 2), ofd_mm=_fmt(m.ofd, 2))
+        row.update(head_row(m))
         if overlays:
             write(out_dir / f"{stems[path]}_overlay.png", lambda: draw_head_overlay(image, m))
 

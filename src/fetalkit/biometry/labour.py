@@ -73,6 +73,14 @@ AOP_COLUMNS = ["filename", "aop_deg", "ps_caudal_x_px", "ps_caudal_y_px", "ps_cr
                "tangent_x_px", "tangent_y_px", "error"]
 
 
+def aop_row(aop: AngleOfProgression) -> dict:
+    """The csv columns of one angle (``AOP_COLUMNS`` less filename and error), as text."""
+    return dict(aop_deg=f"{aop.aop_deg:.2f}",
+                ps_caudal_x_px=f"{aop.ps_caudal_xy[0]:.2f}", ps_caudal_y_px=f"{aop.ps_caudal_xy[1]:.2f}",
+                ps_cranial_x_px=f"{aop.ps_cranial_xy[0]:.2f}", ps_cranial_y_px=f"{aop.ps_cranial_xy[1]:.2f}",
+                tangent_x_px=f"{aop.tangent_xy[0]:.2f}", tangent_y_px=f"{aop.tangent_xy[1]:.2f}")
+
+
 def measure_aop_files(inputs: list, out_dir: Path, model=None, threads: int = 2, overlays: bool = True,
                       caudal_end: str = "right", opening: str = "counterclockwise",
                       progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
@@ -97,10 +105,7 @@ def measure_aop_files(inputs: list, out_dir: Path, model=None, threads: int = 2,
         aop = None
         try:
             aop = angle_of_progression(labels, caudal_end=caudal_end, opening=opening)
-            row.update(aop_deg=f"{aop.aop_deg:.2f}",
-                       ps_caudal_x_px=f"{aop.ps_caudal_xy[0]:.2f}", ps_caudal_y_px=f"{aop.ps_caudal_xy[1]:.2f}",
-                       ps_cranial_x_px=f"{aop.ps_cranial_xy[0]:.2f}", ps_cranial_y_px=f"{aop.ps_cranial_xy[1]:.2f}",
-                       tangent_x_px=f"{aop.tangent_xy[0]:.2f}", tangent_y_px=f"{aop.tangent_xy[1]:.2f}")
+            row.update(aop_row(aop))
         except FetalkitError as err:
             row["error"] = f"{path}: {err}"
         if overlays:

@@ -104,3 +104,27 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def read_still(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
+    """One H x W uint8 grey image from an image file or a single-frame DICOM, with its pixel size.
+
+    The pixel size in mm comes from the DICOM (its ultrasound regions or Pixel
+    Spacing); image files carry none, so it is None for them.  A cine DICOM or
+    a DICOM with non-square pixels raises InputError naming the file.
+    """
+    p = Path(path)
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        return read_gray(p), None
+    from fetalkit.io.dicom import read_dicom
+    d = read_dicom(p)
+    if len(d.frames) != 1:
+        raise InputError(f"{p}: a {len(d.frames)}-frame cine DICOM; measurements take a single image "
+                         "(export the frame to measure, or mask the clip)")
+    if d.pixel_mm is None:
+        return d.frames[0], None
+    x_mm, y_mm = d.pixel_mm
+    if abs(x_mm - y_mm) > 0.01 * max(x_mm, y_mm):
+        raise InputError(f"{p}: pixels are {x_mm:g} x {y_mm:g} mm (not square); resample the image to "
+                         "square pixels and give --pixel-mm")
+    return d.frames[0], (x_mm + y_mm) / 2

@@ -100,7 +100,7 @@ def deidentify_path(src: Path, dst: Path, uid_map=None, clean: bool = True) -> d
     cleaner: Optional[Callable[[np.ndarray], np.ndarray]] = (lambda f: clean_frame(f)[0].image) if clean else None
     if is_dicom(src) or src.suffix.lower() == ".dcm":
         from fetalkit.deid import UidMap, deidentify_file
-        report = deidentify_file(src, dst, uid_map or UidMap(), clean_pixels=cleaner)
+        report = deidentify_file(src, dst, uid_map if uid_map is not None else UidMap(), clean_pixels=cleaner)
         return report.as_dict()
     if src.suffix.lower() in VIDEO_SUFFIXES:
         return deidentify_video(src, dst, clean)
