@@ -267,3 +267,16 @@ def test_cli_prints_the_summary_and_names_failing_files(archive, tmp_path):
     assert read_csv(tmp_path / "out" / "results.csv")["heads/h0.png"]["pixel_mm"] == "0.200000"
     bad = fetalkit("batch", "nope", archive, "--out", tmp_path / "o2")
     assert bad.returncode == 1 and "unknown batch job 'nope'" in bad.stderr
+
+
+def test_cli_ray_local_starts_and_stops_its_own_ray(archive, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'fetalkit[cluster]')")
+    res = fetalkit("batch", "biometry-head", archive / "heads", "--out", tmp_path / "out", "--ray", "local",
+                   "--workers", "2", "-q")
+    assert res.returncode == 1 and "corrupt.png" in res.stderr and "Traceback" not in res.stderr
+    assert len(read_csv(tmp_path / "out" / "results.csv")) == 3
+
+
+def test_one_file_is_an_archive_of_one(archive, tmp_path):
+    s = run_batch("biometry-head", archive / "heads" / "h0.png", tmp_path / "out", BatchOptions(overlays=False))
+    assert (s.done, s.failed) == (1, 0) and list(read_csv(tmp_path / "out" / "results.csv")) == ["h0.png"]
