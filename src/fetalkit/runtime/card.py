@@ -14,7 +14,7 @@ from pathlib import Path
 from fetalkit.errors import ModelError
 
 REQUIRED_KEYS = ("name", "task", "input_hw", "normalise", "classes", "output")
-TASKS = ("head-seg", "psfhs-seg", "detector", "overlay-seg")
+TASKS = ("head-seg", "psfhs-seg", "detector", "overlay-seg", "view")
 
 
 def card_path_for(model_path: Path) -> Path:
