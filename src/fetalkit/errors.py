@@ -24,3 +24,14 @@ class ModelError(FetalkitError):
 
 class MeasurementError(FetalkitError):
     """A measurement could not be made on an otherwise valid input (e.g. no head found)."""
+
+
+class RequestError(FetalkitError):
+    """A web request cannot be served as sent (too large, a missing field, an unknown job, a wrong token).
+
+    ``status`` is the HTTP status the web app answers with (4xx).
+    """
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
