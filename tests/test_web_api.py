@@ -321,7 +321,7 @@ def test_masking_a_cine_dicom_gives_a_dicom(client, data, tmp_path):
 def test_jobs_are_bounded_and_a_full_queue_says_try_again(tmp_path, data, monkeypatch):
     release = threading.Event()
 
-    def slow_job(models, job, upload, source, cfg):
+    def slow_job(models, job, upload, cfg):
         release.wait(30)
         job.output, job.result = upload.path, {}
 

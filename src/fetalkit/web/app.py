@@ -32,13 +32,13 @@ import hmac
 import json
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from http.cookies import SimpleCookie
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.background import BackgroundTask
 from starlette.datastructures import Headers, QueryParams
@@ -232,9 +232,9 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         try:
             detector = await state.quick(state.models.detector)
             cfg = services.mask_config(upload.fields.get("classes"), upload.fields.get("style"), detector.classes)
-            source = await state.quick(open_source, str(upload.path))  # unreadable: 400 now, not a failed job
+            await state.quick(services.probe_video, upload)  # unreadable: 400 now, not a failed job
             job = state.jobs.submit("mask", upload.name, work,
-                                    lambda job: services.mask_job(state.models, job, upload, source, cfg),
+                                    lambda job: services.mask_job(state.models, job, upload, cfg),
                                     inputs=(upload.path,))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)

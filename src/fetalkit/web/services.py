@@ -183,9 +183,12 @@ def _preview(output: Path, records: list[dict]) -> tuple[Optional[int], Optional
     return None, None
 
 
-def mask_job(models: Models, job: Job, upload: Upload, source: FrameSource, cfg: MaskConfig) -> None:
-    """Mask every frame of ``source`` into the job's folder, as ``fetalkit mask`` (the job's progress: frames written)."""
+def mask_job(models: Models, job: Job, upload: Upload, cfg: MaskConfig) -> None:
+    """Mask every frame of the upload into the job's folder, as ``fetalkit mask`` (the job's progress:
+    frames written).  The file is opened here, not while the job waits, so a queue of cine DICOMs
+    does not hold their frames in memory."""
     from fetalkit.masking.pipeline import Masker, run_stream
+    source = open_source(str(upload.path))
     masker = Masker(models.detector(), cfg)
     output, log = job.work_dir / masked_name(upload, source), job.work_dir / "frames.jsonl"
     job.progress(0, source.count)
