@@ -22,10 +22,14 @@ if not CHROMIUM.is_file():
 pytest.importorskip("fastapi", reason="the web extra is not installed (pip install 'fetalkit[web]')")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 
+from pydicom.dataset import Dataset  # noqa: E402
+
 from fetalkit.demo import phantom_clip  # noqa: E402
+from fetalkit.io.dicom import write_dicom  # noqa: E402
 from fetalkit.io.images import write_image  # noqa: E402
 from fetalkit.io.video import open_source  # noqa: E402
 from fetalkit.masking.render import FILL_VALUE  # noqa: E402
+from fetalkit.preprocess.text import draw_synthetic_overlays  # noqa: E402
 from fetalkit.synth.phantom import head_phantom  # noqa: E402
 from fetalkit.web.server import BackgroundServer  # noqa: E402
 from fetalkit.web.settings import WebSettings  # noqa: E402
@@ -62,7 +66,12 @@ def files(tmp_path_factory):
     head = head_phantom(seed=5)
     write_image(d / "head.png", head.image)
     (d / "notes.png").write_text("not an image at all")
-    return {"dir": d, "clip": d / "clip.avi", "boxes": truth["boxes"], "live": d / "live.avi",
+    scan = head_phantom(seed=3)
+    phi = Dataset()
+    phi.PatientName, phi.PatientID = "DOE^JANE", "PID-778812"
+    write_dicom(d / "scan.dcm", draw_synthetic_overlays(scan.image, scan.sector, seed=0).image, template=phi,
+                pixel_mm=scan.pixel_mm, burned_in_annotation="YES")
+    return {"scan_dcm": d / "scan.dcm","dir": d, "clip": d / "clip.avi", "boxes": truth["boxes"], "live": d / "live.avi",
             "live_boxes": live["boxes"], "head": head, "head_png": d / "head.png",
             "notes": d / "notes.png"}
 
@@ -143,6 +152,7 @@ def test_head_hc_in_the_page_equals_the_cli(page, files, tmp_path):
 
 
 def test_a_bad_upload_shows_its_message_and_the_next_one_works(page, files):
+    """Biometry and de-identification: the error in the page, then a good file in the same page."""
     page.click("button[data-tab=biometry]")
     page.set_input_files("#bio-file", str(files["notes"]))
     page.wait_for_selector("#bio-error:not([hidden])")
@@ -154,6 +164,12 @@ def test_a_bad_upload_shows_its_message_and_the_next_one_works(page, files):
     page.set_input_files("#deid-file", str(files["head_png"]))
     page.wait_for_selector("#deid-error:not([hidden])")
     assert "head.png: not a DICOM file" in page.text_content("#deid-error")
+    page.set_input_files("#deid-file", str(files["scan_dcm"]))
+    page.wait_for_selector("#deid-result:not([hidden])")
+    assert page.is_hidden("#deid-error")
+    assert "Burned In Annotation NO" in page.text_content("#deid-summary")
+    assert page.locator("#deid-regions li").count() >= 3  # the pasted text lines
+    assert "PatientName" in page.text_content("#deid-attributes")
 
 
 def test_live_play_shows_masked_frames_and_goes_black_when_the_connection_drops(page, files, tmp_path):
