@@ -1,9 +1,10 @@
 """The page of `fetalkit serve` in a real headless Chromium (Debian's, driven by Playwright):
-masking a phantom clip, head biometry equal to the CLI's, a bad upload then a good one, live
-masking of a played file and of a (fake) camera, and the black view on a dropped connection.
+masking a phantom clip, head biometry equal to the CLI's, bad uploads then good ones (biometry,
+de-identification), live masking of a played file and of a (fake) camera, and the black view on a
+dropped connection.
 
 Skips with a one-line reason where /usr/bin/chromium or Playwright is missing (.ci/run installs
-both); no browser is ever downloaded."""
+Debian's chromium, make test installs Playwright with the dev extra); no browser is ever downloaded."""
 
 from __future__ import annotations
 
