@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fetalkit.errors import FetalkitError
 from fetalkit.masking import defaults as hold_defaults
@@ -38,7 +39,7 @@ out = Console()
 
 
 def fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -834,7 +835,7 @@ def biometry_head_cmd(
             out.print("no pixel size given (--pixel-mm / --pixel-csv): lengths are in pixels (hc_px, bpd_px, ofd_px)")
         out.print(f"{len(rows) - len(failed)} measured, {len(failed)} failed; results in {out_dir / 'measurements.csv'}")
     for r in failed:
-        console.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(r['error'])}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -907,7 +908,7 @@ def biometry_aop_cmd(
         out.print(f"{len(rows) - len(failed)} measured, {len(failed)} failed; results in {out_dir / 'measurements.csv'}, "
                   f"label maps in {out_dir / 'masks'}")
     for r in failed:
-        console.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(r['error'])}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -1017,7 +1018,7 @@ def batch_cmd(job: str = typer.Argument(..., help="mask, deid, biometry-head, ao
                   + (f", {summary.pending} not reached" if summary.pending else "")
                   + f"; {summary.manifest}, {summary.results}", soft_wrap=True)
     for e in summary.failures[:20]:
-        console.print(f"[red]error:[/red] {e.error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(e.error)}", highlight=False, soft_wrap=True)
     if len(summary.failures) > 20:
         console.print(f"... {len(summary.failures) - 20} more failures in {summary.manifest}")
     if summary.interrupted:
@@ -1081,7 +1082,7 @@ def dedup_cmd(folder: List[Path] = typer.Argument(..., help="Folders and/or imag
         if len(pairs) > 50:
             out.print(f"... {len(pairs) - 50} more" + (f" (all in {out_csv})" if out_csv else " (use --out FILE.csv)"))
     for path, message in failures:
-        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
 
@@ -1097,7 +1098,7 @@ def serve_cmd(host: str = typer.Option("127.0.0.1", "--host", help="Address to l
     try:
         from fetalkit.web.server import serve
     except ModuleNotFoundError as e:
-        fail(f"fetalkit serve needs the web extra ({e.name} is not installed): pip install 'fetalkit\\[web]'")
+        fail(f"fetalkit serve needs the web extra ({e.name} is not installed): pip install 'fetalkit[web]'")
     from fetalkit import __version__
     from fetalkit.web.settings import WebSettings, check_bind
     settings = WebSettings(max_upload_mb=max_upload_mb, token=token, temp_dir=temp_dir, max_running_jobs=jobs)
@@ -1115,7 +1116,7 @@ def _finish(rows: list[dict], quiet: bool, where: str) -> None:
     if not quiet:
         out.print(f"{len(rows) - len(failed)} done, {len(failed)} failed; {where}")
     for r in failed:
-        console.print(f"[red]error:[/red] {r['error']}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(r['error'])}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -1124,7 +1125,7 @@ def main() -> None:
     try:
         app()
     except FetalkitError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
