@@ -9,7 +9,7 @@ from fetalkit.errors import ModelError
 from fetalkit.runtime.card import read_card
 
 DEFAULT_MODELS = {"head-seg": "head-unet-mnv2", "psfhs-seg": "psfhs-unet-mnv2", "detector": "psfhs-fcos-mnv2",
-                  "overlay-seg": "overlay-fcn-int8"}
+                  "overlay-seg": "overlay-fcn-int8", "view": "view-mnv2"}
 
 
 def bundled_names() -> list[str]:

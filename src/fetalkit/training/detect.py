@@ -178,15 +178,17 @@ def predict_torch(model, data: LetterboxedSet, indices: np.ndarray, device, batc
 
 def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.ndarray, cfg: DetTrainConfig,
         out_dir: Path, resume: bool = True, progress: Optional[Callable[[dict], None]] = None,
-        stop_after_epoch: Optional[int] = None) -> dict:
+        stop_after_epoch: Optional[int] = None, model: Optional[torch.nn.Module] = None) -> dict:
     """Train, score COCO AP[.5:.95] on ``val_idx`` each epoch, keep the best; exactly resumable.
-    An empty ``val_idx`` (a final fit) scores nothing and keeps the last epoch."""
+    An empty ``val_idx`` (a final fit) scores nothing and keeps the last epoch.
+    ``model``: train this network (e.g. a pruned detector) instead of building ``cfg.arch``."""
     seed_everything(cfg.seed)
     torch.set_num_threads(cfg.threads)
     device = default_device()
-    model = build_detector(cfg.arch, len(cfg.categories), cfg.size, cfg.init)
-    if cfg.from_checkpoint:
-        warm_start(model, read_checkpoint_weights(cfg.from_checkpoint))
+    if model is None:
+        model = build_detector(cfg.arch, len(cfg.categories), cfg.size, cfg.init)
+        if cfg.from_checkpoint:
+            warm_start(model, read_checkpoint_weights(cfg.from_checkpoint))
     model = model.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
     augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur)

@@ -81,23 +81,29 @@ def update_card(onnx_path: Path, section: str, values: dict) -> None:
     write_card(onnx_path, card)
 
 
-def export_detector(checkpoint: Path, out_path: Path, name: str | None = None,
-                    operating_point: dict | None = None) -> dict:
-    """Export a single-stage detector run to ONNX (dense layout, see fetalkit.runtime.detector) + card.
-    ``operating_point`` (conf, iou, chosen_on) goes into the card instead of the untuned default,
-    e.g. a final fit's, carried over from the val run of its recipe."""
+def write_detector_onnx(model, size: int, out_path: Path) -> None:
+    """A single-stage detector as ONNX in the dense layout (free batch, height and width), atomically."""
     import torch
-    from fetalkit.training.detect import load_detector_checkpoint
-    from fetalkit.training.detectors import DET_ARCHS, INPUT_MULTIPLE, DenseDetectorExport
     from fetalkit.io.images import atomic_writer
-    model, cfg, ck = load_detector_checkpoint(checkpoint)
-    wrapper = DenseDetectorExport(model, cfg.size).eval()
-    x = torch.zeros(1, 1, cfg.size, cfg.size)
+    from fetalkit.training.detectors import DenseDetectorExport
+    wrapper = DenseDetectorExport(model, size).eval()
+    x = torch.zeros(1, 1, size, size)
     with atomic_writer(out_path) as f:
         torch.onnx.export(wrapper, (x,), f, opset_version=17, input_names=["image"], output_names=["boxes", "scores"],
                           dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
                                         "boxes": {0: "batch", 1: "anchors"}, "scores": {0: "batch", 1: "anchors"}},
                           dynamo=False)
+
+
+def export_detector(checkpoint: Path, out_path: Path, name: str | None = None,
+                    operating_point: dict | None = None) -> dict:
+    """Export a single-stage detector run to ONNX (dense layout, see fetalkit.runtime.detector) + card.
+    ``operating_point`` (conf, iou, chosen_on) goes into the card instead of the untuned default,
+    e.g. a final fit's, carried over from the val run of its recipe."""
+    from fetalkit.training.detect import load_detector_checkpoint
+    from fetalkit.training.detectors import DET_ARCHS, INPUT_MULTIPLE
+    model, cfg, ck = load_detector_checkpoint(checkpoint)
+    write_detector_onnx(model, cfg.size, out_path)
     run_dir = checkpoint.parent
     command = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else ""
     card = {

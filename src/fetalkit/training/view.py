@@ -242,10 +242,13 @@ def fit(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarr
                "val_accuracy": round(float((pred == val_labels).mean()), 5),
                "val_macro_f1": round(macro_f1(val_labels, pred, len(classes)), 5),
                "seconds": round(time.perf_counter() - t0, 1)}
+        # macro-F1 first (small classes count as much as large ones), accuracy breaks ties
         run.end_epoch(epoch, row, row["val_macro_f1"] + 1e-3 * row["val_accuracy"])
         if progress:
             progress(row)
-    return {"best": run.best, "params": count_parameters(model)}
+    best = torch.load(run.best_path, map_location="cpu", weights_only=False)["metrics"] if run.best_path.is_file() else {}
+    return {"best": best.get("val_macro_f1", float("nan")), "best_epoch": best.get("epoch"),
+            "params": count_parameters(model)}
 
 
 def labels_of(items: list[ViewItem], classes: list[str]) -> np.ndarray:

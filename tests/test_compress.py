@@ -1,0 +1,58 @@
+"""Compression tools: structured pruning keeps networks whole and smaller; counts and measurements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_pruning")
+pytest.importorskip("fvcore")
+
+from fetalkit.training.compress import (count_macs, detector_ignored_layers, latency_ms, peak_inference_mb,  # noqa: E402
+                                        prune_channels, view_ignored_layers)
+from fetalkit.training.models import count_parameters  # noqa: E402
+
+
+def test_pruning_a_view_classifier_halves_its_channels_and_keeps_its_classes(tmp_path):
+    from fetalkit.runtime.session import OnnxModel
+    from fetalkit.training.view import export_view, view_arch
+    net = view_arch("resnet10-w16").build(3, "random")
+    x = torch.zeros(1, 1, 64, 64)
+    macs, params = count_macs(net, x), count_parameters(net)
+    prune_channels(net, x, 0.5, view_ignored_layers(net))
+    assert count_macs(net, x) < macs / 2.5 and count_parameters(net) < params / 2.5  # ~ (1 - 0.5)^2
+    assert net.classifier.out_features == 3
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 64, 64)).shape == (2, 3)
+    # a pruned network is an ordinary smaller one: it exports and runs in onnxruntime
+    card = export_view(net, ["a", "b", "c"], 64, tmp_path / "pruned.onnx", {})
+    probs = OnnxModel(tmp_path / "pruned.onnx").predict([np.full((64, 64), 100, np.uint8)])
+    assert probs.shape == (1, 3) and abs(float(probs.sum()) - 1) < 1e-5 and card["params"] == count_parameters(net)
+    assert latency_ms(tmp_path / "pruned.onnx", {"image": np.zeros((1, 1, 64, 64), np.float32)}, runs=5, warmup=1) > 0
+    assert peak_inference_mb(tmp_path / "pruned.onnx", (1, 1, 64, 64)) > 0
+
+
+def test_pruning_a_detector_trunk_keeps_its_head_levels_and_anchors():
+    from fetalkit.training.detectors import DenseDetectorExport, build_detector
+    det = build_detector("fcos-mnv2", 2, 128, "random")
+    wrapper = DenseDetectorExport(det, 128).eval()
+    x = torch.zeros(1, 1, 128, 128)
+    with torch.no_grad():
+        boxes, scores = wrapper(x)
+    head_before = [m.weight.shape for m in det.head.modules() if isinstance(m, torch.nn.Conv2d)]
+    macs = count_macs(wrapper, x)
+    prune_channels(det, x, 0.5, detector_ignored_layers(det), traced=wrapper)
+    with torch.no_grad():
+        boxes2, scores2 = wrapper(torch.rand(1, 1, 128, 160))
+        boxes3, _ = wrapper(x)
+    assert boxes3.shape == boxes.shape and scores2.shape[-1] == scores.shape[-1] == 2
+    assert [m.weight.shape for m in det.head.modules() if isinstance(m, torch.nn.Conv2d)] == head_before
+    assert count_macs(wrapper, x) < macs / 1.5
+
+
+def test_prune_ratio_must_be_a_fraction():
+    from fetalkit.training.view import view_arch
+    net = view_arch("resnet8-w8").build(2, "random")
+    with pytest.raises(ValueError):
+        prune_channels(net, torch.zeros(1, 1, 32, 32), 1.0, view_ignored_layers(net))
