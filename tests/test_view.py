@@ -161,3 +161,14 @@ def test_train_view_cli_on_a_cvat_folder_and_on_class_folders(tmp_path):
     assert {it.group for it in sources[1]} == {"bpd/patient0", "bpd/patient1", "bpd/patient2"}
     bad = fetalkit("train", "view", "--data", tmp_path / "nothing", "--out", tmp_path / "r2")
     assert bad.returncode == 1 and "no such folder" in bad.stderr
+
+
+def test_bundled_view_model_meets_its_target_on_the_held_out_public_images(tmp_path):
+    from tests.conftest import need_dataset
+    from fetalkit.evaluation.view import evaluate_view
+    root = need_dataset("hc18").parent
+    scores = evaluate_view("view-mnv2", public_view_items(root), "test", None, tmp_path)
+    assert scores["n"] == 341  # the split the card records
+    for c in ("head_transthalamic", "intrapartum_transperineal", "fetal_echo"):  # the classes of >= 100 images
+        assert scores["per_class"][c]["recall"] >= 0.97 and scores["per_class"][c]["precision"] >= 0.97
+    assert scores["accuracy"] >= 0.97
