@@ -68,7 +68,7 @@ def view_rows(args) -> list[dict]:
                 "test_macro_f1": macro_f1(labels["test"], pred, len(classes))}
 
     rows = []
-    for ratio in (0.0, *RATIOS):
+    for ratio in (0.0, *args.ratios):
         net = copy.deepcopy(model)
         if ratio:
             prune_channels(net, example, ratio, view_ignored_layers(net))
@@ -118,7 +118,7 @@ def detector_rows(args) -> list[dict]:
                 "f1_pubic_symphysis": src["f1_pubic_symphysis"], "fppi_pubic_symphysis": s["fppi_pubic_symphysis"]}
 
     rows = []
-    for ratio in (0.0, *RATIOS):
+    for ratio in (0.0, *args.ratios):
         net = copy.deepcopy(model)
         fp32 = args.out / f"det_p{int(ratio * 100)}.onnx"
         card = copy.deepcopy(bundled_card)
@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="detector: the label set it trained on")
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs after pruning")
     ap.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak learning rate")
+    ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="pruning ratios (the unpruned row always comes first)")
     ap.add_argument("--runs", type=int, default=200, help="timed runs per model")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for fine-tuning")
     ap.add_argument("--out", type=Path, required=True)
