@@ -164,11 +164,17 @@ def train_detector_cmd(
     hflip: bool = typer.Option(True, help="Horizontal flip augmentation (also mimics an inverted probe)."),
     aspect_crops: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a box-safe crop of random aspect ratio, letterboxed again (for scanner frames wider or taller than the training images)."),
     motion_blur: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a linear motion blur of 5-19 px (a probe moving fast; detectors miss most in such frames)."),
+    photometric: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a stronger photometric change: gamma 0.6-1.6, multiplicative grain and coarse noise (other scanners' gain and speckle)."),
     seed: int = typer.Option(0, help="Seed of the initialisation, the augmentation and (unless --split-seed) the split."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed); keep it to retrain with another --seed on the same split."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     resume: bool = typer.Option(True, help="Resume from RUN_DIR/last.pt when present."),
     final: bool = typer.Option(False, "--final", help="Train on train + val with a recipe fixed beforehand (e.g. from an earlier run); the last epoch is kept, no val AP is scored; test stays held out."),
+    cv: int = typer.Option(0, "--cv", min=0, help="Block cross-validation: train the recipe on K folds of groups of train + val (test stays out), keep each fold's last epoch, score its held-out fold (AP, F1, FPPI, video misses); writes cv.json / cv.csv with mean and sd. 0: one ordinary run."),
+    cv_conf: float = typer.Option(0.46, "--cv-conf", help="With --cv: the one confidence threshold of every fold (F1, FPPI, video)."),
+    cv_iou: float = typer.Option(0.4, "--cv-iou", help="With --cv: the one NMS IoU of every fold."),
+    cv_category: str = typer.Option("pubic_symphysis", "--cv-category", help="With --cv: the class the video benchmark hides."),
+    cv_sequences: int = typer.Option(40, "--cv-sequences", min=1, help="With --cv: simulated sequences per held-out fold (60 frames each)."),
 ):
     """Train a detector on your labelled boxes (split by group / image, seeded, resumable; COCO AP per epoch)."""
     _needs_training_extra()
@@ -181,9 +187,15 @@ def train_detector_cmd(
         read_checkpoint_weights(from_checkpoint)  # a bad file is refused before the run folder is made
     cfg = DetTrainConfig(arch=arch, init=init, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          threads=threads, hflip=hflip, split_seed=split_seed, aspect_crops=aspect_crops,
-                         motion_blur=motion_blur, from_checkpoint=from_checkpoint, final=final)
+                         motion_blur=motion_blur, photometric=photometric, from_checkpoint=from_checkpoint,
+                         final=final)
+    if cv == 1 or (cv and final):
+        fail("--cv K needs K >= 2 folds, and trains each fold on its own (no --final)")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
+    if cv:
+        _cross_validate(data, out_dir, cfg, cv, cv_conf, cv_iou, cv_category, cv_sequences)
+        return
     with Progress(console=console) as bar:
         load = bar.add_task("reading data", total=None)
         task_bar = bar.add_task("training", total=epochs)
@@ -199,6 +211,26 @@ def train_detector_cmd(
         out.print(f"final fit on train + val: kept epoch {epochs - 1}; checkpoints and metrics in {out_dir}")
     else:
         out.print(f"best val AP[.5:.95] {result['best']:.4f}; checkpoints and metrics in {out_dir}")
+
+
+def _cross_validate(data: Path, out_dir: Path, cfg, k: int, conf: float, iou: float, category: str,
+                    sequences: int) -> None:
+    from fetalkit.training.cv import CvConfig, cross_validate_detector
+    cv = CvConfig(folds=k, conf=conf, iou=iou, category=category, sequences=sequences)
+
+    def on_epoch(row):
+        loss = sum(v for key, v in row.items() if key.startswith("train_"))
+        console.print(f"  epoch {row['epoch']:3d}  loss {loss:.4f}  ({row['seconds']} s)")
+    record = cross_validate_detector(data, out_dir, cfg, cv, progress=console.print, epoch_progress=on_epoch)
+    summary, rows = record["summary"], record["folds"]
+    shown = [f"ap_{c}" for c in cfg.categories] + [f"f1_{category}", f"fppi_{category}", "video_miss_rate_detector",
+                                                   "video_miss_rate_held", "video_miss_reduction"]
+    out.print(f"{k}-fold block cross-validation of {cfg.arch}, {cfg.epochs} epochs, conf {conf:g}: mean ± sd (per fold)")
+    for key in shown:
+        out.print(f"  {key:26s} {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f}   ("
+                  + ", ".join(f"{r[key]:.4f}" for r in rows) + ")")
+    out.print(f"video: share of target frames shown unmasked (detector alone -> BBoxHoldSim) over "
+              f"{int(sum(r['video_sequences'] for r in rows))} sequences; wrote {out_dir / 'cv.json'} and {out_dir / 'cv.csv'}")
 
 
 @train_app.command("view")

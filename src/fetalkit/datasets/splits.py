@@ -80,3 +80,35 @@ def select_split(groups: Sequence[Hashable], split: str, seed: int = 0, val_frac
 def split_seed_of(seed: int, split_seed: Optional[int]) -> int:
     """The seed of a run's train / val / test split: ``split_seed`` when set, else the run's ``seed``."""
     return seed if split_seed is None else split_seed
+
+
+def group_folds(groups: Sequence[Hashable], k: int, seed: int = 0) -> list[np.ndarray]:
+    """``k`` disjoint parts of the item indices, whole groups each (block cross-validation).
+
+    The sorted unique groups are shuffled by ``seed`` and dealt out in turn, so fold sizes
+    differ by at most one group.
+
+    >>> [f.tolist() for f in group_folds(["a", "a", "b", "c", "d"], 2, seed=0)]
+    [[2, 3], [0, 1, 4]]
+    """
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    keys = np.asarray([str(g) for g in groups])
+    unique = np.array(sorted(set(keys.tolist())))
+    if len(unique) < k:
+        raise ValueError(f"{len(unique)} groups cannot fill {k} folds; use fewer folds")
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {str(unique[j]): n % k for n, j in enumerate(order)}
+    which = np.array([fold_of[g] for g in keys])
+    return [np.flatnonzero(which == f) for f in range(k)]
+
+
+def cv_folds(groups: Sequence[Hashable], k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, held-out) index pairs of ``k``-fold block cross-validation over the
+    development part (train + val of :func:`train_val_test_split`): the test part of
+    ``seed`` is never in any fold, so choosing a recipe by CV leaves it unseen."""
+    train, val, _ = train_val_test_split(groups, seed=seed)
+    dev = np.sort(np.concatenate([train, val]))
+    folds = group_folds([groups[i] for i in dev], k, seed)
+    return [(np.sort(dev[np.concatenate([f for j, f in enumerate(folds) if j != i])]), dev[fold])
+            for i, fold in enumerate(folds)]

@@ -1,0 +1,151 @@
+"""Block cross-validation of a detector recipe: K folds of id blocks, the same schedule in each.
+
+One split's test part is one draw of scans; a better recipe and a lucky one look alike
+on it.  Here the development part (train + val; the test part of the split seed never
+enters) is dealt into K folds of whole groups.  Each fold trains the recipe on the other
+K - 1 folds for a fixed number of epochs (the last epoch is kept: nothing is chosen on
+the held-out fold), exports it to ONNX and scores the held-out fold twice:
+
+* stills: COCO AP[.5:.95] / AP50 per class (source images only, as the headline figures),
+  label F1 and FPPI (on the derived negatives) at one fixed operating point;
+* video: ``bench video``'s simulated sequences built from the held-out fold's images,
+  the detector alone vs the default BBoxHoldSim, as the **absolute** share of target
+  frames shown unmasked and the relative reduction.
+
+Then mean and sample sd over the folds.  Each fold is resumable and, once scored, skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from copy import deepcopy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from fetalkit.datasets.splits import cv_folds
+from fetalkit.errors import DataError
+
+
+@dataclass
+class CvConfig:
+    folds: int = 5
+    conf: float = 0.46            # one operating point for every fold (the bundled detector's, chosen on val)
+    iou: float = 0.4
+    category: str = "pubic_symphysis"   # the class the video benchmark hides
+    sequences: int = 40           # simulated sequences per held-out fold
+    frames: int = 60
+
+
+def fold_metrics(summary: dict, categories: list[str]) -> dict[str, float]:
+    """The figures of one fold from ``evaluate_detector``: AP / AP50 / F1 on the source images
+    (derived negatives excluded, as the README's figures) and FPPI over the whole fold."""
+    src = summary.get("source_images", summary)
+    row = {}
+    for c in categories:
+        row |= {f"ap_{c}": src[f"ap_{c}"], f"ap50_{c}": src[f"ap50_{c}"], f"f1_{c}": src[f"f1_{c}"],
+                f"fppi_{c}": summary[f"fppi_{c}"]}
+    row |= {"ap": src["ap"], "f1": src["f1"], "fppi": summary["fppi"]}
+    return {k: float(v) for k, v in row.items()}
+
+
+def video_metrics(ds, detector, cv: CvConfig, seed: int) -> dict[str, float]:
+    """Simulated sequences from the held-out images: misses of the detector alone and after
+    the default BBoxHoldSim, as shares of the target frames, and the relative reduction."""
+    from fetalkit.evaluation.video import build_sequences, detect_sequences, draw_breakdown
+    from fetalkit.detection.region import parse_roi
+    from fetalkit.masking.pipeline import MaskConfig
+    seqs = build_sequences(ds, cv.category, cv.sequences, cv.frames, seed)
+    dets = detect_sequences(seqs, detector, cv.category, cv.conf, parse_roi("auto"))  # as `fetalkit mask` detects
+    (row,) = draw_breakdown(seqs, dets, MaskConfig.margin)
+    targets = max(row["target_frames"], 1)
+    return {"video_sequences": float(len(seqs)), "video_target_frames": float(row["target_frames"]),
+            "video_miss_rate_detector": row["fn_detector"] / targets, "video_miss_rate_held": row["fn_held"] / targets,
+            "video_miss_reduction": float(row["fn_reduction"]),
+            "video_false_masked_increase_pp": float(row["false_masked_increase_pp"])}
+
+
+def same_recipe(stored: dict, recipe: dict, config_type) -> bool:
+    """Whether a scored fold used ``recipe``; options added since it was scored count at their defaults."""
+    defaults = {k: v for k, v in asdict(config_type()).items() if k != "categories"}
+    cv_defaults = asdict(CvConfig())
+    return ({**defaults, **stored.get("train", {})} == recipe["train"]
+            and {**cv_defaults, **stored.get("cv", {})} == recipe["cv"])
+
+
+def summarise_folds(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and sample sd (ddof 1) of every figure over the folds."""
+    keys = [k for k in rows[0] if k != "fold"]
+    return {k: {"mean": float(np.mean([r[k] for r in rows])),
+                "sd": float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0} for k in keys}
+
+
+def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
+                            progress: Optional[Callable[[str], None]] = None,
+                            epoch_progress: Optional[Callable[[dict], None]] = None) -> dict:
+    """Train ``cfg`` (a ``DetTrainConfig``) on each fold and score its held-out fold; writes
+    ``foldN/`` runs, ``cv.json`` (per fold, mean, sd) and ``cv.csv``; returns the cv.json record."""
+    from fetalkit.detection.formats import read_detection_set
+    from fetalkit.evaluation.detection import evaluate_detector
+    from fetalkit.runtime.detector import OnnxDetector
+    from fetalkit.training.detect import fit, load_letterboxed
+    from fetalkit.training.export import export_detector
+    say = progress or (lambda message: None)
+    ds = read_detection_set(data_dir)
+    if not ds.samples or not any(len(s.labels) for s in ds.samples):
+        raise DataError(f"{data_dir}: the label set has no boxed images; cross-validation needs labelled objects")
+    cfg.categories = list(ds.categories)
+    if cv.category not in ds.categories:
+        raise DataError(f"{data_dir}: no class {cv.category!r} for the video benchmark "
+                        f"(classes: {', '.join(ds.categories)}); pass --cv-category")
+    try:
+        folds = cv_folds(ds.groups(), cv.folds, cfg.data_split_seed)
+    except ValueError as e:
+        raise DataError(f"{data_dir}: {e}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe = {"train": {k: v for k, v in asdict(cfg).items() if k != "categories"}, "cv": asdict(cv)}
+    data = None  # letterboxed once, only if a fold still has to train
+    rows = []
+    for i, (train_idx, held_idx) in enumerate(folds):
+        fold_dir = out_dir / f"fold{i}"
+        done = fold_dir / "fold.json"
+        if done.is_file() and same_recipe(json.loads(done.read_text()).get("recipe", {}), recipe, type(cfg)):
+            rows.append(json.loads(done.read_text())["metrics"])
+            say(f"fold {i}: already scored")
+            continue
+        if data is None:
+            say("reading and letterboxing the images")
+            data = load_letterboxed(ds, cfg.size)
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        parts = {int(j): "train" for j in train_idx} | {int(j): "val" for j in held_idx}
+        (fold_dir / "split.txt").write_text("".join(f"{ds.samples[j].file_name},{p}\n" for j, p in sorted(parts.items())))
+        say(f"fold {i}: training on {len(train_idx)} images, {len(held_idx)} held out")
+        # no validation indices: a fixed schedule whose last epoch is kept, nothing chosen on the held-out fold
+        fit(ds, data, train_idx, held_idx[:0], deepcopy(cfg), fold_dir, resume=True, progress=epoch_progress)
+        onnx = fold_dir / "detector.onnx"
+        export_detector(fold_dir / "last.pt", onnx, name=f"cv-fold{i}",
+                        operating_point={"conf": cv.conf, "iou": cv.iou, "chosen_on": "fixed for cross-validation"})
+        say(f"fold {i}: scoring the held-out images and sequences")
+        detector = OnnxDetector(onnx)
+        held = ds.subset(held_idx)
+        metrics = {"fold": i, "n_train": len(train_idx), "n_held_out": len(held_idx),
+                   **fold_metrics(evaluate_detector(held, detector, cv.conf, cv.iou), ds.categories),
+                   **video_metrics(held, detector, cv, cfg.seed + i)}
+        done.write_text(json.dumps({"recipe": recipe, "metrics": metrics}, indent=1))
+        rows.append(metrics)
+    record = {"data": str(data_dir), "recipe": recipe, "folds": rows, "summary": summarise_folds(rows)}
+    write_cv_report(record, out_dir)
+    return record
+
+
+def write_cv_report(record: dict, out_dir: Path) -> None:
+    """``cv.json`` and ``cv.csv``: one row per fold, then the mean and sd rows."""
+    from fetalkit.io.images import atomic_write_bytes
+    from fetalkit.io.jobs import write_csv_rows
+    rows = record["folds"]
+    summary = record["summary"]
+    table = rows + [{"fold": stat, **{k: v[stat] for k, v in summary.items()}} for stat in ("mean", "sd")]
+    write_csv_rows(out_dir / "cv.csv", table, list(rows[0]))
+    atomic_write_bytes(out_dir / "cv.json", json.dumps(record, indent=1).encode())
