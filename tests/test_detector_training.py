@@ -201,6 +201,22 @@ def test_motion_blur_augmentation_smears_along_a_line_and_keeps_boxes():
     assert (b["image"] > 20).sum() > (a["image"] > 20).sum() + 8
 
 
+def test_photometric_augmentation_changes_gray_levels_not_boxes():
+    from fetalkit.training.detect import build_augment
+    image = np.full((128, 128), 100, np.uint8)
+    image[40:80, 40:80] = 180
+    box = np.array([[40.0, 40.0, 80.0, 80.0]])
+    plain, strong = build_augment(0, 128, hflip=False), build_augment(0, 128, hflip=False, photometric=1.0)
+    changed = 0
+    for _ in range(8):
+        a = plain(image=image, bboxes=box, labels=[0])
+        b = strong(image=image, bboxes=box, labels=[0])
+        np.testing.assert_allclose(a["bboxes"], b["bboxes"])  # photometric only: the geometry draws agree
+        assert b["image"].dtype == np.uint8 and b["image"].shape == a["image"].shape
+        changed += int(np.abs(b["image"].astype(int) - a["image"]).mean() > 2)
+    assert changed >= 4  # gamma is drawn with p 0.7, grain 0.5, noise 0.3
+
+
 def test_level_norm_head_trains_and_exports(blob_set, tmp_path):
     """fcos-mnv2-bn: no GroupNorm anywhere, one BatchNorm per level, exports with free input sides."""
     run = tmp_path / "bn"

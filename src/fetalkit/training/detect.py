@@ -50,6 +50,10 @@ class DetTrainConfig:
     # probability of a long linear motion blur (a probe moving fast), where detectors miss
     # most in video; the mild box blur below stays either way
     motion_blur: float = 0.0
+    # probability of a stronger photometric change: gamma (a scanner's gain / dynamic range),
+    # multiplicative grain and coarse noise (speckle of another probe), on top of the mild
+    # brightness / contrast below
+    photometric: float = 0.0
     categories: list[str] = field(default_factory=list)
     split_seed: Optional[int] = None  # None: ``seed`` (another seed then trains on the same split)
     # train on train + val with a recipe fixed beforehand (epochs included): nothing is held
@@ -85,11 +89,13 @@ def load_letterboxed(ds: DetSet, size: int, progress: Optional[Callable[[int, in
     return LetterboxedSet(np.stack(images), boxes, [s.labels for s in ds.samples], np.asarray(scales))
 
 
-def build_augment(seed: int, size: int, hflip: bool, aspect_crops: float = 0.0, motion_blur: float = 0.0):
+def build_augment(seed: int, size: int, hflip: bool, aspect_crops: float = 0.0, motion_blur: float = 0.0,
+                  photometric: float = 0.0):
     """The paper's augmentations, in albumentations: ShiftScaleRotate (as Affine), brightness /
     contrast (RGBShift has no meaning on gray), horizontal flip, RandomSizedBBoxSafeCrop, Blur;
     with ``aspect_crops``, also a box-safe crop of any aspect ratio letterboxed again; with
-    ``motion_blur``, a linear motion blur of 5-19 px at any angle."""
+    ``motion_blur``, a linear motion blur of 5-19 px at any angle; with ``photometric``, gamma
+    0.6-1.6, multiplicative grain and noise drawn at half resolution (correlated like speckle)."""
     import albumentations as A
     reframe = [A.Sequential([
         A.BBoxSafeRandomCrop(erosion_rate=0.0),
@@ -103,7 +109,12 @@ def build_augment(seed: int, size: int, hflip: bool, aspect_crops: float = 0.0, 
         A.HorizontalFlip(p=0.5 if hflip else 0.0),
         A.RandomSizedBBoxSafeCrop(size, size, erosion_rate=0.0, p=0.25),
         A.Blur(blur_limit=(3, 5), p=0.1),
-    ] + ([A.MotionBlur(blur_limit=(5, 19), p=motion_blur)] if motion_blur > 0 else []), bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3,
+    ] + ([A.MotionBlur(blur_limit=(5, 19), p=motion_blur)] if motion_blur > 0 else [])
+      + ([A.Sequential([
+          A.RandomGamma(gamma_limit=(60, 160), p=0.7),
+          A.MultiplicativeNoise(multiplier=(0.7, 1.3), elementwise=True, p=0.5),
+          A.GaussNoise(std_range=(0.02, 0.08), noise_scale_factor=0.5, p=0.3),
+      ], p=photometric)] if photometric > 0 else []), bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3,
                                 clip=True), seed=seed)
 
 
@@ -191,7 +202,7 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
             warm_start(model, read_checkpoint_weights(cfg.from_checkpoint))
     model = model.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
-    augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur)
+    augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur, cfg.photometric)
     loader = torch.utils.data.DataLoader(DetDataset(data, train_idx, augment), batch_size=cfg.batch_size,
                                          shuffle=True, drop_last=True, generator=g, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, len(loader))
