@@ -100,3 +100,39 @@ def test_detect_cli_finds_the_head_on_a_wide_screen_in_frame_pixels(tmp_path):
         found = np.array([[x, y, x + w, y + h] for x, y, w, h in heads], np.float32).reshape(-1, 4)
         if roi == "auto":  # (the whole screen may find it too: the phantom's head is large)
             assert len(found) and box_iou(found, truth).max() > 0.8
+
+
+def test_flip_averaging_is_mirror_symmetric_and_agrees_with_the_plain_detector():
+    from fetalkit.detection.boxes import box_iou
+    from fetalkit.runtime.detector import FlipAveraged
+    from fetalkit.synth.phantom import head_phantom
+    det = OnnxDetector(resolve_model(None, "detector"))
+    flip = FlipAveraged(det)
+    image = head_phantom(seed=4, shape_hw=(256, 256)).image  # square at the input size: no padding
+    plain, fused = det.detect(image, conf=0.3), flip.detect(image, conf=0.3)
+    mirrored = flip.detect(np.ascontiguousarray(image[:, ::-1]), conf=0.3)
+    head = 1  # the phantom is a fetal head
+    assert (plain.labels == head).any() and (fused.labels == head).any()
+    best = fused.boxes_xyxy[fused.labels == head][0]
+    assert box_iou(plain.boxes_xyxy[plain.labels == head][:1], best[None])[0, 0] > 0.8
+    # the image's mirror gives the mirror of its boxes: the two views play the same part
+    back = mirrored.boxes_xyxy[mirrored.labels == head][0]
+    np.testing.assert_allclose([256 - back[2], back[1], 256 - back[0], back[3]], best, atol=0.05)
+    assert np.isclose(mirrored.scores[mirrored.labels == head][0], fused.scores[fused.labels == head][0], atol=1e-4)
+
+
+def test_fusing_two_views_keeps_classes_apart_and_halves_lone_boxes():
+    from fetalkit.runtime.detector import fuse_two_views
+    from fetalkit.types import ImageDetections
+    a = ImageDetections(np.array([[0, 0, 10, 10], [50, 50, 60, 60]], np.float32), np.array([0.9, 0.6], np.float32),
+                        np.array([0, 1]))
+    b = ImageDetections(np.array([[0, 0, 10, 12], [50, 50, 60, 60]], np.float32), np.array([0.7, 0.5], np.float32),
+                        np.array([0, 0]))  # the second box: the same place, another class
+    f = fuse_two_views(a, b)
+    assert sorted(f.labels.tolist()) == [0, 0, 1] and len(f.scores) == 3
+    pair = np.flatnonzero((f.labels == 0) & (f.boxes_xyxy[:, 0] == 0))
+    assert len(pair) == 1 and np.isclose(f.scores[pair[0]], 0.8) and 10 < f.boxes_xyxy[pair[0], 3] < 12
+    assert np.isclose(f.scores[f.labels == 1][0], 0.3)          # only view a saw class 1 there
+    assert np.isclose(f.scores[(f.labels == 0) & (f.boxes_xyxy[:, 0] == 50)][0], 0.25)
+    assert list(f.scores) == sorted(f.scores, reverse=True)
+    assert len(fuse_two_views(ImageDetections.empty(), ImageDetections.empty()).scores) == 0

@@ -1,6 +1,7 @@
 """Block cross-validation: folds by group, and a 2-fold run of `fetalkit train detector --cv` on a tiny phantom set."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -111,6 +112,20 @@ def test_two_fold_cross_validation_on_phantom_scans(phantom_set, tmp_path):
     again = fetalkit(*args)
     assert again.returncode == 0 and again.stderr.count("already scored") == 2
     assert json.loads((out / "cv.json").read_text())["folds"] == rows
+    # the same fold models scored with flip averaging, in a copy: each fold resumes from its
+    # finished last.pt, so nothing trains again; the figures are the flip-averaged detector's
+    flipped = tmp_path / "cv_flip"
+    for f in (0, 1):
+        (flipped / f"fold{f}").mkdir(parents=True)
+        shutil.copy(out / f"fold{f}" / "last.pt", flipped / f"fold{f}" / "last.pt")
+    r = fetalkit(*[flipped if a == out else a for a in args], "--cv-flip")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "epoch" not in r.stderr and "flip-averaged" in r.stdout
+    record = json.loads((flipped / "cv.json").read_text())
+    assert record["recipe"]["cv"]["flip"] is True
+    assert [row["n_held_out"] for row in record["folds"]] == [row["n_held_out"] for row in rows]
+    assert all(0.0 <= row["ap_fetal_head"] <= 1.0 for row in record["folds"])
+    assert record["summary"]["ap_fetal_head"]["mean"] > 0.05
 
 
 def test_cross_validation_refuses_bad_fold_counts(phantom_set, tmp_path):

@@ -175,6 +175,7 @@ def train_detector_cmd(
     cv_iou: float = typer.Option(0.4, "--cv-iou", help="With --cv: the one NMS IoU of every fold."),
     cv_category: str = typer.Option("pubic_symphysis", "--cv-category", help="With --cv: the class the video benchmark hides."),
     cv_sequences: int = typer.Option(40, "--cv-sequences", min=1, help="With --cv: simulated sequences per held-out fold (60 frames each)."),
+    cv_flip: bool = typer.Option(False, "--cv-flip", help="With --cv: score with test-time flip averaging (the image and its mirror, boxes fused; twice the inference)."),
 ):
     """Train a detector on your labelled boxes (split by group / image, seeded, resumable; COCO AP per epoch)."""
     _needs_training_extra()
@@ -194,7 +195,7 @@ def train_detector_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
     if cv:
-        _cross_validate(data, out_dir, cfg, cv, cv_conf, cv_iou, cv_category, cv_sequences)
+        _cross_validate(data, out_dir, cfg, cv, cv_conf, cv_iou, cv_category, cv_sequences, cv_flip)
         return
     with Progress(console=console) as bar:
         load = bar.add_task("reading data", total=None)
@@ -214,9 +215,9 @@ def train_detector_cmd(
 
 
 def _cross_validate(data: Path, out_dir: Path, cfg, k: int, conf: float, iou: float, category: str,
-                    sequences: int) -> None:
+                    sequences: int, flip: bool) -> None:
     from fetalkit.training.cv import CvConfig, cross_validate_detector
-    cv = CvConfig(folds=k, conf=conf, iou=iou, category=category, sequences=sequences)
+    cv = CvConfig(folds=k, conf=conf, iou=iou, category=category, sequences=sequences, flip=flip)
 
     def on_epoch(row):
         loss = sum(v for key, v in row.items() if key.startswith("train_"))
@@ -225,7 +226,8 @@ def _cross_validate(data: Path, out_dir: Path, cfg, k: int, conf: float, iou: fl
     summary, rows = record["summary"], record["folds"]
     shown = [f"ap_{c}" for c in cfg.categories] + [f"f1_{category}", f"fppi_{category}", "video_miss_rate_detector",
                                                    "video_miss_rate_held", "video_miss_reduction"]
-    out.print(f"{k}-fold block cross-validation of {cfg.arch}, {cfg.epochs} epochs, conf {conf:g}: mean ± sd (per fold)")
+    out.print(f"{k}-fold block cross-validation of {cfg.arch}, {cfg.epochs} epochs, conf {conf:g}"
+              + (", flip-averaged" if flip else "") + ": mean ± sd (per fold)")
     for key in shown:
         out.print(f"  {key:26s} {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f}   ("
                   + ", ".join(f"{r[key]:.4f}" for r in rows) + ")")
@@ -553,6 +555,7 @@ def eval_detector_cmd(
     card: bool = typer.Option(False, "--update-card", help="Store the figures (and, with --sweep on the val split, the operating point) in the card."),
     class_names: str = typer.Option(None, help="Class names of a YOLO ONNX without metadata, comma-separated."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    flip_average: bool = typer.Option(False, "--flip-average", help="Test-time flip averaging: run the image and its mirror, fuse the boxes (twice the inference)."),
 ):
     """COCO AP[.5:.95] / AP50 (faster-coco-eval), label P / R / F1 and FPPI on negatives; threshold sweep."""
     _check_split(split)
@@ -569,6 +572,11 @@ def eval_detector_cmd(
     if not ds.samples:
         fail(f"{data}: no images in the {split} split")
     det = OnnxDetector(resolve_model(model, "detector"), class_names=class_names.split(",") if class_names else None)
+    if flip_average:
+        from fetalkit.runtime.detector import FlipAveraged
+        if card:
+            fail("--flip-average scores another runtime than the model's own: drop --update-card")
+        det = FlipAveraged(det)
     if split == "val" and str((det.card or {}).get("train", {}).get("trained_on", "")).startswith("train+val"):
         if card:  # an operating point chosen on images the model trained on would look better than it is
             fail(f"{det.path.name} trained on the val split (a final fit): --update-card would store figures of "

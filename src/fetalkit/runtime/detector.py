@@ -127,6 +127,16 @@ class ModelInput:
     resized: np.ndarray           # the image at model scale, uint8, without the padding
 
 
+def to_image_pixels(boxes_input_px: np.ndarray, m: ModelInput) -> np.ndarray:
+    """Boxes in network-input pixels -> image pixels (letterbox offset and scale undone, clipped to the image)."""
+    (oy, ox), scale = m.offset, m.scale
+    boxes = (np.asarray(boxes_input_px, np.float32) - np.array([ox, oy, ox, oy], np.float32)) / scale
+    hh, ww = m.image_hw
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, ww)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, hh)
+    return boxes.astype(np.float32)
+
+
 class OnnxDetector:
     """An ONNX detector run by onnxruntime: ``detect(image)`` -> boxes in image pixels."""
 
@@ -220,7 +230,6 @@ class OnnxDetector:
         """All candidate boxes (image pixels, x1 y1 x2 y2) and their class scores, before NMS.
         ``image`` may be a :meth:`model_input` already made (e.g. on another thread)."""
         m = image if isinstance(image, ModelInput) else self.model_input(image)
-        (oy, ox), scale = m.offset, m.scale
         outs = self.session_for(m.x.shape[2:]).run(None, {self.input_name: m.x})
         if self.spec.layout == "dense":
             boxes, scores = outs[0][0], outs[1][0]
@@ -230,11 +239,7 @@ class OnnxDetector:
             cx, cy, w, h = raw[:, 0], raw[:, 1], raw[:, 2], raw[:, 3]
             boxes = np.column_stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
             scores = raw[:, 4:] if self.spec.layout == "yolov8" else raw[:, 5:] * raw[:, 4:5]
-        boxes = (boxes - np.array([ox, oy, ox, oy], np.float32)) / scale
-        hh, ww = m.image_hw
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, ww)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, hh)
-        return boxes.astype(np.float32), scores.astype(np.float32)
+        return to_image_pixels(boxes, m), scores.astype(np.float32)
 
     def detect(self, image: np.ndarray | ModelInput, conf: float | None = None,
                iou: float | None = None) -> ImageDetections:
@@ -254,3 +259,92 @@ def detections_json(file_name: str, dets: ImageDetections, classes: list[str]) -
 
 def dump_json(records: list[dict]) -> str:
     return json.dumps(records, indent=1)
+
+
+def fuse_two_views(a: ImageDetections, b: ImageDetections, match_iou: float = 0.55) -> ImageDetections:
+    """Detections of two views of one image (e.g. the image and its mirror, boxes mapped
+    back) fused into one set, per class: a box of ``a`` and the unmatched box of ``b`` of
+    highest IoU >= ``match_iou`` become their score-weighted mean box with the mean score;
+    a box one view alone found keeps its place at half its score (the other view saw nothing).
+
+    >>> one = ImageDetections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.8], np.float32), np.array([0]))
+    >>> two = ImageDetections(np.array([[2, 0, 12, 10]], np.float32), np.array([0.4], np.float32), np.array([0]))
+    >>> f = fuse_two_views(one, two, match_iou=0.5)
+    >>> [round(float(v), 2) for v in f.boxes_xyxy[0]], round(float(f.scores[0]), 2)
+    ([0.67, 0.0, 10.67, 10.0], 0.6)
+    """
+    from fetalkit.detection.boxes import box_iou
+    boxes, scores, labels = [], [], []
+    for k in np.union1d(a.labels, b.labels):
+        ia, ib = np.flatnonzero(a.labels == k), np.flatnonzero(b.labels == k)
+        iou = box_iou(a.boxes_xyxy[ia], b.boxes_xyxy[ib]) if len(ia) and len(ib) else np.zeros((len(ia), len(ib)))
+        free = np.ones(len(ib), bool)
+        for r in np.argsort(-a.scores[ia], kind="stable"):
+            cand = np.where(free & (iou[r] >= match_iou), iou[r], -1.0)
+            i = ia[r]
+            if len(cand) and cand.max() >= 0:
+                j = ib[int(cand.argmax())]
+                free[int(cand.argmax())] = False
+                w = np.array([a.scores[i], b.scores[j]], np.float32)
+                boxes.append((w[:, None] * np.stack([a.boxes_xyxy[i], b.boxes_xyxy[j]])).sum(0) / max(w.sum(), 1e-9))
+                scores.append(w.mean())
+            else:
+                boxes.append(a.boxes_xyxy[i])
+                scores.append(a.scores[i] / 2)
+            labels.append(k)
+        for j in ib[free]:
+            boxes.append(b.boxes_xyxy[j])
+            scores.append(b.scores[j] / 2)
+            labels.append(k)
+    if not boxes:
+        return ImageDetections.empty()
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    return ImageDetections(np.asarray(boxes, np.float32)[order], np.asarray(scores, np.float32)[order],
+                           np.asarray(labels, np.int64)[order])
+
+
+class FlipAveraged:
+    """Test-time flip averaging around a detector: the letterboxed input and its mirror image
+    are run, each view's detections (NMS at the operating point's IoU, from ``low_conf``)
+    are fused by :func:`fuse_two_views`.  Twice the inference per image; ``candidates``
+    returns the fused boxes, so ``evaluate_detector`` and ``fetalkit mask``'s detection
+    step use it as they use the plain detector."""
+
+    def __init__(self, detector: OnnxDetector, low_conf: float = 0.001):
+        self.inner = detector
+        self.low_conf = low_conf
+        self.path, self.spec, self.card = detector.path, detector.spec, detector.card
+
+    @property
+    def classes(self) -> list[str]:
+        return self.inner.classes
+
+    @property
+    def operating_point(self) -> dict:
+        return self.inner.operating_point
+
+    def model_input(self, image: np.ndarray) -> ModelInput:
+        return self.inner.model_input(image)
+
+    def candidates(self, image: np.ndarray | ModelInput) -> tuple[np.ndarray, np.ndarray]:
+        m = image if isinstance(image, ModelInput) else self.model_input(image)
+        hw = m.x.shape[2:]
+        iou = self.operating_point["iou"]
+        views = []
+        for mirrored in (False, True):
+            x = np.ascontiguousarray(m.x[..., ::-1]) if mirrored else m.x
+            # boxes in input pixels of the whole letterboxed input, mapped back below
+            boxes, scores = self.inner.candidates(ModelInput(x, 1.0, (0, 0), hw, m.resized))
+            if mirrored:
+                boxes = np.column_stack([hw[1] - boxes[:, 2], boxes[:, 1], hw[1] - boxes[:, 0], boxes[:, 3]])
+            views.append(nms_per_class(boxes, scores, self.low_conf, iou))
+        fused = fuse_two_views(*views)
+        dense = np.zeros((len(fused.scores), len(self.classes)), np.float32)
+        dense[np.arange(len(fused.scores)), fused.labels] = fused.scores
+        return to_image_pixels(fused.boxes_xyxy.reshape(-1, 4), m), dense
+
+    def detect(self, image: np.ndarray | ModelInput, conf: float | None = None,
+               iou: float | None = None) -> ImageDetections:
+        conf = self.operating_point["conf"] if conf is None else conf
+        iou = self.operating_point["iou"] if iou is None else iou
+        return nms_per_class(*self.candidates(image), conf, iou)

@@ -12,6 +12,10 @@ the held-out fold), exports it to ONNX and scores the held-out fold twice:
   the detector alone vs the default BBoxHoldSim, as the **absolute** share of target
   frames shown unmasked and the relative reduction.
 
+With ``CvConfig.flip`` the same fold models are scored with test-time flip averaging
+(pointed at a copy of a scored run folder, nothing is trained again: each fold resumes
+from its finished ``last.pt``).
+
 Then mean and sample sd over the folds.  Each fold is resumable and, once scored, skipped.
 """
 
@@ -37,6 +41,7 @@ class CvConfig:
     category: str = "pubic_symphysis"   # the class the video benchmark hides
     sequences: int = 40           # simulated sequences per held-out fold
     frames: int = 60
+    flip: bool = False            # score with test-time flip averaging (twice the inference)
 
 
 def fold_metrics(summary: dict, categories: list[str]) -> dict[str, float]:
@@ -89,7 +94,7 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
     ``foldN/`` runs, ``cv.json`` (per fold, mean, sd) and ``cv.csv``; returns the cv.json record."""
     from fetalkit.detection.formats import read_detection_set
     from fetalkit.evaluation.detection import evaluate_detector
-    from fetalkit.runtime.detector import OnnxDetector
+    from fetalkit.runtime.detector import FlipAveraged, OnnxDetector
     from fetalkit.training.detect import fit, load_letterboxed
     from fetalkit.training.export import export_detector
     say = progress or (lambda message: None)
@@ -128,7 +133,7 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
         export_detector(fold_dir / "last.pt", onnx, name=f"cv-fold{i}",
                         operating_point={"conf": cv.conf, "iou": cv.iou, "chosen_on": "fixed for cross-validation"})
         say(f"fold {i}: scoring the held-out images and sequences")
-        detector = OnnxDetector(onnx)
+        detector = FlipAveraged(OnnxDetector(onnx)) if cv.flip else OnnxDetector(onnx)
         held = ds.subset(held_idx)
         metrics = {"fold": i, "n_train": len(train_idx), "n_held_out": len(held_idx),
                    **fold_metrics(evaluate_detector(held, detector, cv.conf, cv.iou), ds.categories),
