@@ -222,11 +222,11 @@ def test_level_norm_head_trains_and_exports(blob_set, tmp_path):
     run = tmp_path / "bn"
     res = fetalkit("train", "detector", "--data", blob_set, "--out", run, "--epochs", "1", "--batch-size", "8",
                    "--size", "128", "--init", "random", "--arch", "fcos-mnv2-bn", "--aspect-crops", "0.5",
-                   "--motion-blur", "0.3")
+                   "--motion-blur", "0.3", "--mosaic", "0.5")
     assert res.returncode == 0, res.stderr
     from fetalkit.training.detect import load_detector_checkpoint
     model, cfg, _ = load_detector_checkpoint(run / "best.pt")
-    assert cfg.aspect_crops == 0.5 and cfg.motion_blur == 0.3
+    assert cfg.aspect_crops == 0.5 and cfg.motion_blur == 0.3 and cfg.mosaic == 0.5
     assert not [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert len(model.head.classification_head.tower.norms) == 4
     assert fetalkit("export", "detector", run / "best.pt", "--out", tmp_path / "bn.onnx").returncode == 0
@@ -348,3 +348,35 @@ def test_yolo_onnx_plugin_layouts(tmp_path, layout):
     with pytest.raises(ModelError, match="without class names"):
         OnnxDetector(path)
     assert OnnxDetector(path, class_names=["a", "b"]).classes == ["a", "b"]
+
+
+def test_mosaic_mixes_partner_images_and_keeps_their_boxes():
+    """Each draw is a crop of a 2 x 2 grid: gray levels of the partners appear, every box left
+    lies on a bright square of its own image, and the partners come from the pipeline's generator."""
+    from fetalkit.training.detect import DetDataset, LetterboxedSet, build_augment
+    size, levels = 128, (40, 80, 120, 160)
+    images = np.stack([np.full((size, size), v, np.uint8) for v in levels])
+    boxes = []
+    for k, img in enumerate(images):
+        img[30:60, 30:60] = 250
+        boxes.append(np.array([[30.0, 30.0, 60.0, 60.0]], np.float32))
+    data = LetterboxedSet(images, boxes, [np.array([k % 2]) for k in range(4)], np.ones(4))
+
+    def draws(seed):
+        aug = build_augment(seed, size, hflip=False, mosaic=1.0)
+        ds = DetDataset(data, np.arange(4), aug, mosaic=True)
+        return [ds[k % 4] for k in range(8)]
+
+    mixed = 0
+    for x, target in draws(0):
+        pixels = (x[0].numpy() * 255).round()
+        present = [v for v in levels if np.abs(pixels - v).min() < 12]
+        mixed += len(present) >= 2
+        for box in target["boxes"].numpy():
+            x1, y1, x2, y2 = np.round(box).astype(int)
+            assert x2 > x1 and y2 > y1
+            assert pixels[y1:y2, x1:x2].mean() > 200  # the box still covers its bright square
+    assert mixed >= 6  # the crop centre is drawn in the middle of the grid: most show 2+ images
+    # the same seed draws the same mosaics (the partners come from the saved generator)
+    for (xa, ta), (xb, tb) in zip(draws(3), draws(3)):
+        assert torch.equal(xa, xb) and torch.equal(ta["boxes"], tb["boxes"])

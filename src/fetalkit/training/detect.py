@@ -54,6 +54,10 @@ class DetTrainConfig:
     # multiplicative grain and coarse noise (speckle of another probe), on top of the mild
     # brightness / contrast below
     photometric: float = 0.0
+    # probability of a mosaic: a crop of a 2 x 2 grid of this image and three other training
+    # images at native scale, so a structure is seen at any place, cut by any edge, beside parts
+    # of negatives (the cut-away frames a probe passes through)
+    mosaic: float = 0.0
     categories: list[str] = field(default_factory=list)
     split_seed: Optional[int] = None  # None: ``seed`` (another seed then trains on the same split)
     # train on train + val with a recipe fixed beforehand (epochs included): nothing is held
@@ -90,19 +94,23 @@ def load_letterboxed(ds: DetSet, size: int, progress: Optional[Callable[[int, in
 
 
 def build_augment(seed: int, size: int, hflip: bool, aspect_crops: float = 0.0, motion_blur: float = 0.0,
-                  photometric: float = 0.0):
+                  photometric: float = 0.0, mosaic: float = 0.0):
     """The paper's augmentations, in albumentations: ShiftScaleRotate (as Affine), brightness /
     contrast (RGBShift has no meaning on gray), horizontal flip, RandomSizedBBoxSafeCrop, Blur;
     with ``aspect_crops``, also a box-safe crop of any aspect ratio letterboxed again; with
     ``motion_blur``, a linear motion blur of 5-19 px at any angle; with ``photometric``, gamma
-    0.6-1.6, multiplicative grain and noise drawn at half resolution (correlated like speckle)."""
+    0.6-1.6, multiplicative grain and noise drawn at half resolution (correlated like speckle);
+    with ``mosaic``, first a crop of a 2 x 2 grid of the image and the three images the caller
+    passes as ``mosaic_metadata`` (``DetDataset`` does)."""
     import albumentations as A
+    tile = [A.Mosaic(grid_yx=(2, 2), target_size=(size, size), cell_shape=(size, size), fit_mode="contain",
+                     fill=0, p=mosaic)] if mosaic > 0 else []
     reframe = [A.Sequential([
         A.BBoxSafeRandomCrop(erosion_rate=0.0),
         A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
         A.PadIfNeeded(size, size, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0),
     ], p=aspect_crops)] if aspect_crops > 0 else []
-    return A.Compose(reframe + [
+    return A.Compose(tile + reframe + [
         A.Affine(scale=(0.85, 1.15), translate_percent=(-0.08, 0.08), rotate=(-5, 5), rotate_method="ellipse",
                  border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.7),
         A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.6),
@@ -118,9 +126,16 @@ def build_augment(seed: int, size: int, hflip: bool, aspect_crops: float = 0.0, 
                                 clip=True), seed=seed)
 
 
+MOSAIC_PARTNERS = 3
+
+
 class DetDataset(torch.utils.data.Dataset):
-    def __init__(self, data: LetterboxedSet, indices: np.ndarray, augment=None):
-        self.data, self.indices, self.augment = data, np.asarray(indices), augment
+    """Letterboxed training images through ``augment``; with ``mosaic``, each draw also gets three
+    partner images from the same indices (drawn by the pipeline's own generator, so a resumed run
+    draws the same ones)."""
+
+    def __init__(self, data: LetterboxedSet, indices: np.ndarray, augment=None, mosaic: bool = False):
+        self.data, self.indices, self.augment, self.mosaic = data, np.asarray(indices), augment, mosaic
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -129,7 +144,12 @@ class DetDataset(torch.utils.data.Dataset):
         i = self.indices[k]
         image, boxes, labels = self.data.images[i], self.data.boxes[i], self.data.labels[i]
         if self.augment is not None:
-            out = self.augment(image=image, bboxes=boxes.reshape(-1, 4), labels=labels)
+            extra = {}
+            if self.mosaic:
+                partners = self.augment.random_generator.choice(self.indices, size=MOSAIC_PARTNERS)
+                extra["mosaic_metadata"] = [{"image": self.data.images[j], "bboxes": self.data.boxes[j].reshape(-1, 4),
+                                             "labels": self.data.labels[j]} for j in partners]
+            out = self.augment(image=image, bboxes=boxes.reshape(-1, 4), labels=labels, **extra)
             image, boxes, labels = out["image"], np.asarray(out["bboxes"]), np.asarray(out["labels"])
         x = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
         # torchvision labels are 1..K (0 is background)
@@ -202,8 +222,9 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
             warm_start(model, read_checkpoint_weights(cfg.from_checkpoint))
     model = model.to(device)
     g = torch.Generator().manual_seed(cfg.seed)
-    augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur, cfg.photometric)
-    loader = torch.utils.data.DataLoader(DetDataset(data, train_idx, augment), batch_size=cfg.batch_size,
+    augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur, cfg.photometric,
+                            cfg.mosaic)
+    loader = torch.utils.data.DataLoader(DetDataset(data, train_idx, augment, cfg.mosaic > 0), batch_size=cfg.batch_size,
                                          shuffle=True, drop_last=True, generator=g, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, len(loader))
     val_set = ds.subset(val_idx)
