@@ -113,11 +113,15 @@ def test_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(trained, blo
     assert bad.returncode != 0 and "missing.onnx" in bad.stderr + bad.stdout and not (tmp_path / "g.onnx").exists()
 
 
-def test_training_resumes_exactly(blob_set, tmp_path):
+@pytest.mark.parametrize("recipe", [{"epochs": 2}, {"epochs": 3, "mosaic": 0.5, "close_mosaic": 1}],
+                         ids=["plain", "mosaic"])
+def test_training_resumes_exactly(blob_set, tmp_path, recipe):
+    """Stopped after epoch 0 and resumed, a run ends where an unbroken one does (with mosaic: the
+    partners of the resumed mosaic epoch, then the closing epoch without it)."""
     from fetalkit.detection.formats import read_detection_set
     from fetalkit.training.detect import DetTrainConfig, fit, load_letterboxed, split_indices
     ds = read_detection_set(blob_set)
-    cfg = DetTrainConfig(size=128, epochs=2, batch_size=8, init="random", categories=ds.categories)
+    cfg = DetTrainConfig(size=128, batch_size=8, init="random", categories=ds.categories, **recipe)
     tr, va, _ = split_indices(ds, 0)
     data = load_letterboxed(ds, 128)
     full = fit(ds, data, tr, va, cfg, tmp_path / "a")
@@ -222,11 +226,11 @@ def test_level_norm_head_trains_and_exports(blob_set, tmp_path):
     run = tmp_path / "bn"
     res = fetalkit("train", "detector", "--data", blob_set, "--out", run, "--epochs", "1", "--batch-size", "8",
                    "--size", "128", "--init", "random", "--arch", "fcos-mnv2-bn", "--aspect-crops", "0.5",
-                   "--motion-blur", "0.3", "--mosaic", "0.5")
+                   "--motion-blur", "0.3", "--mosaic", "0.5", "--close-mosaic", "1")
     assert res.returncode == 0, res.stderr
     from fetalkit.training.detect import load_detector_checkpoint
     model, cfg, _ = load_detector_checkpoint(run / "best.pt")
-    assert cfg.aspect_crops == 0.5 and cfg.motion_blur == 0.3 and cfg.mosaic == 0.5
+    assert cfg.aspect_crops == 0.5 and cfg.motion_blur == 0.3 and cfg.mosaic == 0.5 and cfg.close_mosaic == 1
     assert not [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert len(model.head.classification_head.tower.norms) == 4
     assert fetalkit("export", "detector", run / "best.pt", "--out", tmp_path / "bn.onnx").returncode == 0
@@ -380,3 +384,22 @@ def test_mosaic_mixes_partner_images_and_keeps_their_boxes():
     # the same seed draws the same mosaics (the partners come from the saved generator)
     for (xa, ta), (xb, tb) in zip(draws(3), draws(3)):
         assert torch.equal(xa, xb) and torch.equal(ta["boxes"], tb["boxes"])
+
+
+def test_close_mosaic_turns_it_off_between_epochs():
+    from fetalkit.training.detect import DetDataset, LetterboxedSet, build_augment, set_mosaic
+    size, levels = 96, (40, 80, 120, 160)
+    images = np.stack([np.full((size, size), v, np.uint8) for v in levels])
+    data = LetterboxedSet(images, [np.zeros((0, 4), np.float32)] * 4, [np.zeros(0, np.int64)] * 4, np.ones(4))
+    ds = DetDataset(data, np.arange(4), build_augment(0, size, hflip=False, mosaic=1.0), mosaic=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1)
+
+    def images_seen(k):  # flat gray plateaus covering > 5 % of the frame (the black fill aside)
+        values, counts = np.unique((ds[k % 4][0][0].numpy() * 255).round(), return_counts=True)
+        return int(((counts > 0.05 * size * size) & (values > 0)).sum())
+
+    assert sum(images_seen(k) >= 2 for k in range(8)) >= 6
+    set_mosaic(loader, 0.0)  # the last epochs: whole frames only
+    assert not ds.mosaic and all(images_seen(k) == 1 for k in range(8))
+    set_mosaic(loader, 1.0)
+    assert sum(images_seen(k) >= 2 for k in range(8)) >= 6

@@ -58,6 +58,8 @@ class DetTrainConfig:
     # images at native scale, so a structure is seen at any place, cut by any edge, beside parts
     # of negatives (the cut-away frames a probe passes through)
     mosaic: float = 0.0
+    # the last K epochs without mosaic, so training ends on whole frames as ``mask`` sees them
+    close_mosaic: int = 0
     categories: list[str] = field(default_factory=list)
     split_seed: Optional[int] = None  # None: ``seed`` (another seed then trains on the same split)
     # train on train + val with a recipe fixed beforehand (epochs included): nothing is held
@@ -158,6 +160,16 @@ class DetDataset(torch.utils.data.Dataset):
         return x, target
 
 
+def set_mosaic(loader, probability: float) -> None:
+    """Turn the mosaic of a training loader on (``probability`` > 0) or off, between epochs."""
+    import albumentations as A
+    dataset = loader.dataset
+    for t in dataset.augment.transforms if dataset.augment is not None else []:
+        if isinstance(t, A.Mosaic):
+            t.p = probability
+    dataset.mosaic = probability > 0
+
+
 def collate(batch):
     return [b[0] for b in batch], [b[1] for b in batch]
 
@@ -234,6 +246,8 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
     row: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
+        if cfg.mosaic > 0:
+            set_mosaic(loader, cfg.mosaic if epoch < cfg.epochs - cfg.close_mosaic else 0.0)
         losses = train_one_epoch(model, loader, optimizer, scheduler, device)
         metrics = coco_ap(val_set, predict_torch(model, data, val_idx, device)) if len(val_idx) else {}
         row = {"epoch": epoch, **{k: round(v, 5) for k, v in losses.items()},
