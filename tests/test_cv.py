@@ -38,6 +38,49 @@ def test_cv_folds_leave_the_test_part_out():
         assert not ({groups[i] for i in train} & {groups[i] for i in h})
 
 
+def fetalkit(*args):
+    return subprocess.run([sys.executable, "-m", "fetalkit.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def _cv_record(tmp_path, name, ap_symphysis, held=(180, 220), mosaic=0.0, split_seed=0):
+    """A cv.json written by the CV report writer from given per-fold figures."""
+    from fetalkit.training.cv import summarise_folds, write_cv_report
+    rows = [{"fold": i, "n_train": 400 - n, "n_held_out": n, "ap_pubic_symphysis": ap, "ap_fetal_head": 0.8,
+             "video_miss_rate_held": 0.01 * (i + 1)} for i, (n, ap) in enumerate(zip(held, ap_symphysis))]
+    record = {"data": "coco", "recipe": {"train": {"arch": "fcos-mnv2", "mosaic": mosaic, "data_split_seed": split_seed},
+                                         "cv": {"folds": len(rows)}}, "folds": rows, "summary": summarise_folds(rows)}
+    write_cv_report(record, tmp_path / name)
+    return tmp_path / name
+
+
+def test_cv_compare_pairs_the_folds_and_names_what_changed(tmp_path):
+    base = _cv_record(tmp_path, "base", [0.60, 0.50])
+    other = _cv_record(tmp_path, "mosaic", [0.63, 0.48], mosaic=0.5)
+    from fetalkit.training.cv import paired_differences, read_cv_record, recipe_changes
+    d = paired_differences(read_cv_record(base), read_cv_record(other))
+    assert d["ap_pubic_symphysis"]["diffs"] == pytest.approx([0.03, -0.02])
+    assert d["ap_pubic_symphysis"]["mean"] == pytest.approx(0.005)
+    assert d["ap_pubic_symphysis"]["sd"] == pytest.approx(np.std([0.03, -0.02], ddof=1))
+    assert (d["ap_pubic_symphysis"]["higher"], d["ap_pubic_symphysis"]["lower"]) == (1, 1)
+    assert d["ap_fetal_head"]["diffs"] == [0.0, 0.0] and d["ap_fetal_head"]["higher"] == 0
+    assert "f1" not in d  # figures missing from the records are left out
+    assert recipe_changes(read_cv_record(base), read_cv_record(other)) == {"mosaic": (0.0, 0.5)}
+    # the CLI: a missing run and one over other folds are named, the good one still compared, exit 1
+    shifted = _cv_record(tmp_path, "shifted", [0.7, 0.7], held=(200, 200))
+    reseeded = _cv_record(tmp_path, "reseeded", [0.7, 0.7], split_seed=1)
+    table = tmp_path / "paired.csv"
+    r = fetalkit("eval", "cv-compare", base, tmp_path / "missing", other, shifted, reseeded, "--out", table)
+    assert r.returncode == 1
+    assert "missing: no cv.json" in r.stderr and r.stderr.count("not over the same folds") == 2
+    assert "mosaic 0.0 -> 0.5" in r.stdout and "+0.0050 ± 0.0354   higher in 1 of 2" in r.stdout
+    rows = [ln.split(",") for ln in table.read_text().splitlines()]
+    assert rows[0][:4] == ["recipe", "figure", "mean_diff", "sd_diff"]
+    assert {(row[0], row[1]) for row in rows[1:]} == {(str(other), k) for k in
+                                                      ("ap_pubic_symphysis", "ap_fetal_head", "video_miss_rate_held")}
+    r = fetalkit("eval", "cv-compare", tmp_path / "missing", other)
+    assert r.returncode == 1 and "no cv.json" in r.stderr and "Traceback" not in r.stderr
+
+
 torch = pytest.importorskip("torch")
 
 
@@ -61,10 +104,6 @@ def phantom_set(tmp_path_factory):
         path = write_image(root / "src" / f"p{i:02d}.png", image)
         samples.append(DetSample(f"p{i:02d}.png", path, 128, 96, boxes, np.ones(len(boxes), np.int64), group=f"g{i // 2}"))
     return write_detection_set(DetSet(["pubic_symphysis", "fetal_head"], samples), root / "coco", "coco")
-
-
-def fetalkit(*args):
-    return subprocess.run([sys.executable, "-m", "fetalkit.cli", *map(str, args)], capture_output=True, text=True)
 
 
 def test_two_fold_cross_validation_on_phantom_scans(phantom_set, tmp_path):
@@ -126,6 +165,12 @@ def test_two_fold_cross_validation_on_phantom_scans(phantom_set, tmp_path):
     assert [row["n_held_out"] for row in record["folds"]] == [row["n_held_out"] for row in rows]
     assert all(0.0 <= row["ap_fetal_head"] <= 1.0 for row in record["folds"])
     assert record["summary"]["ap_fetal_head"]["mean"] > 0.05
+    # the two scorings of the same folds, paired
+    r = fetalkit("eval", "cv-compare", out, flipped)
+    assert r.returncode == 0, r.stderr
+    assert "cv_flip False -> True" in r.stdout and "paired over 2 folds" in r.stdout
+    diff = record["folds"][0]["ap_fetal_head"] - rows[0]["ap_fetal_head"]
+    assert f"{diff:+.4f}" in r.stdout.split("ap_fetal_head")[1].splitlines()[0]
 
 
 def test_cross_validation_refuses_bad_fold_counts(phantom_set, tmp_path):

@@ -293,6 +293,50 @@ def export_view_cmd(checkpoint: Path = typer.Argument(..., help="A run's best.pt
               + (f" and {card['int8_file']}" if card.get("int8_file") else ""))
 
 
+@eval_app.command("cv-compare")
+def eval_cv_compare_cmd(
+    baseline: Path = typer.Argument(..., help="Run folder (or cv.json) of the baseline recipe's cross-validation."),
+    others: List[Path] = typer.Argument(..., help="Run folders (or cv.json) of the recipes to compare with it, over the same folds."),
+    figures: str = typer.Option(None, "--figures", help="Comma-separated cv.csv columns to compare (default: AP per class, F1, FPPI, video misses, false-masked)."),
+    csv_out: Path = typer.Option(None, "--out", help="Write the paired differences as csv (one row per recipe and figure)."),
+):
+    """Paired comparison of cross-validated recipes: fold-by-fold differences from the baseline."""
+    from fetalkit.training.cv import paired_differences, read_cv_record, recipe_changes
+    try:
+        base = read_cv_record(baseline)
+    except FetalkitError as e:
+        fail(str(e))
+    keys = figures.split(",") if figures else None
+    rows, failed = [], 0
+    for path in others:
+        try:
+            other = read_cv_record(path)
+            diffs = paired_differences(base, other, keys)
+        except FetalkitError as e:
+            console.print(f"[red]error:[/red] {escape(f'{path}: {e}' if str(path) not in str(e) else str(e))}",
+                          highlight=False, soft_wrap=True)
+            failed += 1
+            continue
+        changes = recipe_changes(base, other)
+        out.print(f"{path} against {baseline}, paired over {len(base['folds'])} folds: "
+                  + (", ".join(f"{k} {a} -> {b}" for k, a, b in ((k, *v) for k, v in changes.items())) or "the same recipe"),
+                  highlight=False, soft_wrap=True)
+        if base.get("data") != other.get("data"):
+            out.print(f"  note: different data folders ({base.get('data')} / {other.get('data')})", highlight=False)
+        for key, d in diffs.items():
+            out.print(f"  {key:32s} {d['mean']:+.4f} ± {d['sd']:.4f}   higher in {d['higher']} of {len(d['diffs'])}"
+                      f"   ({', '.join(f'{x:+.4f}' for x in d['diffs'])})", highlight=False, soft_wrap=True)
+            rows.append({"recipe": str(path), "figure": key, "mean_diff": d["mean"], "sd_diff": d["sd"],
+                         "higher": d["higher"], "lower": d["lower"], "folds": len(d["diffs"]),
+                         "diffs": " ".join(f"{x:.6f}" for x in d["diffs"])})
+    if csv_out and rows:
+        from fetalkit.io.jobs import write_csv_rows
+        write_csv_rows(csv_out, rows, list(rows[0]))
+        out.print(f"wrote {csv_out}")
+    if failed:
+        raise typer.Exit(1)
+
+
 @eval_app.command("view")
 def eval_view_cmd(model: str = typer.Option(..., "--model", help="View classifier: bundled name or .onnx."),
                   out_dir: Path = typer.Option(..., "--out", help="Output folder: metrics.json, per_class.csv, confusion.png, predictions.csv."),

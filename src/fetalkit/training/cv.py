@@ -17,6 +17,8 @@ With ``CvConfig.flip`` the same fold models are scored with test-time flip avera
 from its finished ``last.pt``).
 
 Then mean and sample sd over the folds.  Each fold is resumable and, once scored, skipped.
+Two recipes are compared **paired** (:func:`paired_differences`, ``fetalkit eval cv-compare``):
+the folds differ far more than recipes do, so differences are taken fold by fold.
 """
 
 from __future__ import annotations
@@ -154,3 +156,48 @@ def write_cv_report(record: dict, out_dir: Path) -> None:
     table = rows + [{"fold": stat, **{k: v[stat] for k, v in summary.items()}} for stat in ("mean", "sd")]
     write_csv_rows(out_dir / "cv.csv", table, list(rows[0]))
     atomic_write_bytes(out_dir / "cv.json", json.dumps(record, indent=1).encode())
+
+
+# the figures `fetalkit eval cv-compare` shows by default (those present in both records)
+COMPARED = ("ap_pubic_symphysis", "ap_fetal_head", "f1", "fppi", "video_miss_rate_detector",
+            "video_miss_rate_held", "video_false_masked_increase_pp")
+
+
+def read_cv_record(path: Path) -> dict:
+    """A ``cv.json`` record, from its file or its run folder."""
+    file = path / "cv.json" if path.is_dir() else path
+    if not file.is_file():
+        raise DataError(f"{path}: no cv.json; run `fetalkit train detector --cv K --out {path}` first")
+    try:
+        record = json.loads(file.read_text())
+        record["folds"], record["recipe"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{file}: not a cross-validation record (cv.json of `fetalkit train detector --cv`)") from None
+    return record
+
+
+def recipe_changes(base: dict, other: dict) -> dict[str, tuple]:
+    """The options in which two records' recipes differ: name -> (base value, other value)."""
+    flat = lambda r: {**r.get("train", {}), **{f"cv_{k}": v for k, v in r.get("cv", {}).items()}}
+    a, b = flat(base["recipe"]), flat(other["recipe"])
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def paired_differences(base: dict, other: dict, keys: Optional[list[str]] = None) -> dict[str, dict]:
+    """Fold-by-fold differences ``other - base`` of two cv.json records over the same folds:
+    per figure the per-fold differences, their mean and sample sd, and in how many folds
+    ``other`` is higher / lower.  Records of different folds raise ``DataError``."""
+    rows_a, rows_b = base["folds"], other["folds"]
+    same_folds = ([(r["fold"], r["n_train"], r["n_held_out"]) for r in rows_a]
+                  == [(r["fold"], r["n_train"], r["n_held_out"]) for r in rows_b])
+    split_seed = lambda r: r["recipe"].get("train", {}).get("data_split_seed")
+    if not same_folds or split_seed(base) != split_seed(other):
+        raise DataError("the two cross-validations are not over the same folds (fold count, split seed or "
+                        "held-out sizes differ): rerun one with the other's data, --cv K and split seed")
+    keys = [k for k in (keys or COMPARED) if k in rows_a[0] and k in rows_b[0]]
+    result = {}
+    for k in keys:
+        d = np.array([b[k] - a[k] for a, b in zip(rows_a, rows_b)], float)
+        result[k] = {"diffs": d.tolist(), "mean": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                     "higher": int((d > 0).sum()), "lower": int((d < 0).sum())}
+    return result
