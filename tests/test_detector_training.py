@@ -113,8 +113,8 @@ def test_final_fit_trains_on_train_and_val_and_keeps_the_last_epoch(trained, blo
     assert bad.returncode != 0 and "missing.onnx" in bad.stderr + bad.stdout and not (tmp_path / "g.onnx").exists()
 
 
-@pytest.mark.parametrize("recipe", [{"epochs": 2}, {"epochs": 3, "mosaic": 0.5, "close_mosaic": 1}],
-                         ids=["plain", "mosaic"])
+@pytest.mark.parametrize("recipe", [{"epochs": 2}, {"epochs": 3, "mosaic": 0.5, "close_mosaic": 1},
+                                    {"epochs": 2, "copy_paste": 0.5}], ids=["plain", "mosaic", "copy-paste"])
 def test_training_resumes_exactly(blob_set, tmp_path, recipe):
     """Stopped after epoch 0 and resumed, a run ends where an unbroken one does (with mosaic: the
     partners of the resumed mosaic epoch, then the closing epoch without it)."""
@@ -226,11 +226,12 @@ def test_level_norm_head_trains_and_exports(blob_set, tmp_path):
     run = tmp_path / "bn"
     res = fetalkit("train", "detector", "--data", blob_set, "--out", run, "--epochs", "1", "--batch-size", "8",
                    "--size", "128", "--init", "random", "--arch", "fcos-mnv2-bn", "--aspect-crops", "0.5",
-                   "--motion-blur", "0.3", "--mosaic", "0.5", "--close-mosaic", "1")
+                   "--motion-blur", "0.3", "--mosaic", "0.5", "--close-mosaic", "1", "--copy-paste", "0.5")
     assert res.returncode == 0, res.stderr
     from fetalkit.training.detect import load_detector_checkpoint
     model, cfg, _ = load_detector_checkpoint(run / "best.pt")
     assert cfg.aspect_crops == 0.5 and cfg.motion_blur == 0.3 and cfg.mosaic == 0.5 and cfg.close_mosaic == 1
+    assert cfg.copy_paste == 0.5
     assert not [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert len(model.head.classification_head.tower.norms) == 4
     assert fetalkit("export", "detector", run / "best.pt", "--out", tmp_path / "bn.onnx").returncode == 0
@@ -403,3 +404,64 @@ def test_close_mosaic_turns_it_off_between_epochs():
     assert not ds.mosaic and all(images_seen(k) == 1 for k in range(8))
     set_mosaic(loader, 1.0)
     assert sum(images_seen(k) >= 2 for k in range(8)) >= 6
+
+
+def test_copy_paste_puts_a_donor_structure_into_the_imaged_area_of_a_negative():
+    from fetalkit.training.detect import PASTE_FEATHER_PX, paste_structures
+    rng = np.random.default_rng(0)
+    # a negative for class 0: imaged area in rows 40-127 (above: black, like PSFHS's blanked rows), a class-1 box
+    image = np.zeros((128, 128), np.uint8)
+    image[40:] = rng.integers(60, 90, (88, 128))
+    boxes, labels = np.array([[10.0, 90.0, 60.0, 126.0]], np.float32), np.array([1])
+    donor = np.full((128, 128), 70, np.uint8)
+    donor[20:44, 70:100] = np.arange(24 * 30).reshape(24, 30) % 200 + 50  # the donor's class-0 structure
+    donor_boxes, donor_labels = np.array([[70.0, 20.0, 100.0, 44.0], [0.0, 60.0, 50.0, 100.0]], np.float32), np.array([0, 1])
+    before = image.copy()
+    for seed in range(5):
+        out, new_boxes, new_labels = paste_structures(image, boxes, labels, donor, donor_boxes, donor_labels,
+                                                      np.random.default_rng(seed))
+        np.testing.assert_array_equal(image, before)  # the input is not modified
+        assert new_labels.tolist() == [1, 0]  # only the class it lacked; the class-1 donor box is not pasted
+        x1, y1, x2, y2 = new_boxes[1].astype(int)
+        assert (x2 - x1, y2 - y1) == (30, 24) and y1 >= 40  # inside the imaged area
+        iw, ih = max(0, min(x2, 60) - max(x1, 10)), max(0, min(y2, 126) - max(y1, 90))
+        assert iw * ih <= 0.3 * 50 * 36  # the image's own box stays mostly visible
+        f = PASTE_FEATHER_PX
+        np.testing.assert_array_equal(out[y1 + f:y2 - f, x1 + f:x2 - f], donor[20 + f:44 - f, 70 + f:100 - f])
+        outside = np.ones_like(image, bool)
+        outside[y1:y2, x1:x2] = False
+        np.testing.assert_array_equal(out[outside], image[outside])
+    # nowhere to put it: the imaged area is too shallow for the structure, or all of it is one box
+    shallow = image.copy()
+    shallow[:110] = 0
+    out, new_boxes, new_labels = paste_structures(shallow, boxes[:0], labels[:0], donor, donor_boxes, donor_labels, rng)
+    assert new_labels.tolist() == [] and np.array_equal(out, shallow)  # neither donor box fits in 18 rows
+    small = np.zeros_like(image)
+    small[80:120, 40:80] = 70
+    crowded = np.array([[40.0, 80.0, 80.0, 120.0]], np.float32)
+    out, new_boxes, new_labels = paste_structures(small, crowded, labels[:1] * 0 + 1, donor, donor_boxes[:1],
+                                                  donor_labels[:1], rng)
+    assert new_labels.tolist() == [1] and np.array_equal(out, small)
+
+
+def test_copy_paste_in_the_training_set_gives_negatives_boxes():
+    from fetalkit.training.detect import DetDataset, LetterboxedSet, build_augment
+    size = 128
+    images = np.stack([np.full((size, size), 80, np.uint8) for _ in range(4)])
+    images[0, 30:60, 30:60] = 250
+    boxes = [np.array([[30.0, 30.0, 60.0, 60.0]], np.float32)] + [np.zeros((0, 4), np.float32)] * 3
+    labels = [np.array([0])] + [np.zeros(0, np.int64)] * 3
+    data = LetterboxedSet(images, boxes, labels, np.ones(4))
+    ds = DetDataset(data, np.arange(4), build_augment(0, size, hflip=False), copy_paste=1.0)
+    with_box = 0
+    for k in (1, 2, 3) * 3:
+        x, target = ds[k]
+        pixels = (x[0].numpy() * 255).round()
+        for box in target["boxes"].numpy():
+            bx1, by1, bx2, by2 = np.round(box).astype(int)
+            assert pixels[by1:by2, bx1:bx2].mean() > 180  # the pasted bright square, moved with the image
+        with_box += len(target["boxes"]) > 0
+        assert target["labels"].tolist() in ([], [1])
+    assert with_box >= 7  # pasted every time; the affine / crop may push one out of the frame
+    plain = DetDataset(data, np.arange(4), build_augment(0, size, hflip=False))
+    assert all(len(plain[k][1]["boxes"]) == 0 for k in (1, 2, 3))

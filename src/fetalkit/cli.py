@@ -167,6 +167,7 @@ def train_detector_cmd(
     photometric: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a stronger photometric change: gamma 0.6-1.6, multiplicative grain and coarse noise (other scanners' gain and speckle)."),
     mosaic: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a mosaic: a crop of a 2 x 2 grid of the image and three other training images at native scale (structures at any place, cut by any edge, beside negatives)."),
     close_mosaic: int = typer.Option(0, "--close-mosaic", min=0, help="With --mosaic: the last K epochs without it (training ends on whole frames, as masking sees them)."),
+    copy_paste: float = typer.Option(0.0, "--copy-paste", min=0.0, max=1.0, help="Probability that an image lacking a class (a negative) gets that class's boxed structure from another training image pasted into its imaged area, feathered at the edge."),
     seed: int = typer.Option(0, help="Seed of the initialisation, the augmentation and (unless --split-seed) the split."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed); keep it to retrain with another --seed on the same split."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
@@ -191,7 +192,7 @@ def train_detector_cmd(
     cfg = DetTrainConfig(arch=arch, init=init, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          threads=threads, hflip=hflip, split_seed=split_seed, aspect_crops=aspect_crops,
                          motion_blur=motion_blur, photometric=photometric, mosaic=mosaic, close_mosaic=close_mosaic,
-                         from_checkpoint=from_checkpoint, final=final)
+                         copy_paste=copy_paste, from_checkpoint=from_checkpoint, final=final)
     if cv == 1 or (cv and final):
         fail("--cv K needs K >= 2 folds, and trains each fold on its own (no --final)")
     out_dir.mkdir(parents=True, exist_ok=True)

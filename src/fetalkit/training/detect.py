@@ -60,6 +60,9 @@ class DetTrainConfig:
     mosaic: float = 0.0
     # the last K epochs without mosaic, so training ends on whole frames as ``mask`` sees them
     close_mosaic: int = 0
+    # probability that an image lacking a class gets that class's boxed structure from another
+    # training image pasted into its imaged area (copy-paste of boxes onto negatives)
+    copy_paste: float = 0.0
     categories: list[str] = field(default_factory=list)
     split_seed: Optional[int] = None  # None: ``seed`` (another seed then trains on the same split)
     # train on train + val with a recipe fixed beforehand (epochs included): nothing is held
@@ -129,15 +132,73 @@ def build_augment(seed: int, size: int, hflip: bool, aspect_crops: float = 0.0, 
 
 
 MOSAIC_PARTNERS = 3
+PASTE_TRIES = 10          # placements tried per structure before it is left out
+PASTE_FEATHER_PX = 4      # alpha ramp at the patch edge, so no seam marks a pasted structure
+PASTE_MIN_IMAGED = 0.9    # share of non-black pixels the destination needs (inside the sector)
+PASTE_MAX_COVER = 0.3     # at most this share of an existing box may be covered (it keeps its label)
+
+
+def _covers(box: np.ndarray, others, share: float) -> bool:
+    """Whether ``box`` covers more than ``share`` of any box in ``others``."""
+    for o in others:
+        iw = min(box[2], o[2]) - max(box[0], o[0])
+        ih = min(box[3], o[3]) - max(box[1], o[1])
+        if iw > 0 and ih > 0 and iw * ih > share * (o[2] - o[0]) * (o[3] - o[1]):
+            return True
+    return False
+
+
+def feather_alpha(h: int, w: int, ramp_px: int = PASTE_FEATHER_PX) -> np.ndarray:
+    """h x w weights: 1 inside, falling linearly to 1 / (ramp_px + 1) at the border."""
+    ys = np.minimum(np.arange(h), np.arange(h)[::-1]) + 1
+    xs = np.minimum(np.arange(w), np.arange(w)[::-1]) + 1
+    return np.clip(np.minimum.outer(ys, xs) / (ramp_px + 1), 0.0, 1.0).astype(np.float32)
+
+
+def paste_structures(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, donor: np.ndarray,
+                     donor_boxes: np.ndarray, donor_labels: np.ndarray, rng: np.random.Generator):
+    """Paste each donor box of a class ``image`` lacks at a random place of ``image``'s imaged area
+    (>= 90 % non-black) that covers at most 30 % of any of its boxes, feathered at the edge; returns
+    new arrays (inputs untouched): the image, its boxes with the pasted ones, their labels."""
+    out = image.astype(np.float32)
+    kept_boxes, kept_labels = [b for b in boxes.reshape(-1, 4)], [int(v) for v in labels]
+    h, w = image.shape
+    for box, label in zip(donor_boxes.reshape(-1, 4), donor_labels):
+        if int(label) in kept_labels:
+            continue
+        x1, y1 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+        x2, y2 = min(int(np.ceil(box[2])), donor.shape[1]), min(int(np.ceil(box[3])), donor.shape[0])
+        bw, bh = x2 - x1, y2 - y1
+        if bw < 4 or bh < 4 or bw > w or bh > h:
+            continue
+        patch = donor[y1:y2, x1:x2].astype(np.float32)
+        for _ in range(PASTE_TRIES):
+            nx, ny = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+            place = np.array([nx, ny, nx + bw, ny + bh], np.float32)
+            region = out[ny:ny + bh, nx:nx + bw]
+            if (region > 0).mean() < PASTE_MIN_IMAGED or _covers(place, kept_boxes, PASTE_MAX_COVER):
+                continue
+            alpha = feather_alpha(bh, bw)
+            out[ny:ny + bh, nx:nx + bw] = alpha * patch + (1 - alpha) * region
+            kept_boxes.append(place)
+            kept_labels.append(int(label))
+            break
+    return (np.clip(out.round(), 0, 255).astype(np.uint8), np.asarray(kept_boxes, np.float32).reshape(-1, 4),
+            np.asarray(kept_labels, np.int64))
 
 
 class DetDataset(torch.utils.data.Dataset):
     """Letterboxed training images through ``augment``; with ``mosaic``, each draw also gets three
-    partner images from the same indices (drawn by the pipeline's own generator, so a resumed run
-    draws the same ones)."""
+    partner images from the same indices; with ``copy_paste`` P, an image lacking a class gets, with
+    probability P, the structures of a donor image that has boxes (partners and donors drawn by the
+    pipeline's own generator, so a resumed run draws the same ones)."""
 
-    def __init__(self, data: LetterboxedSet, indices: np.ndarray, augment=None, mosaic: bool = False):
+    def __init__(self, data: LetterboxedSet, indices: np.ndarray, augment=None, mosaic: bool = False,
+                 copy_paste: float = 0.0):
         self.data, self.indices, self.augment, self.mosaic = data, np.asarray(indices), augment, mosaic
+        self.copy_paste = copy_paste
+        self.donors = np.array([i for i in self.indices if len(data.labels[i])], np.int64)
+        self.n_classes = max([int(v) + 1 for i in self.donors for v in data.labels[i]], default=0)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -146,9 +207,15 @@ class DetDataset(torch.utils.data.Dataset):
         i = self.indices[k]
         image, boxes, labels = self.data.images[i], self.data.boxes[i], self.data.labels[i]
         if self.augment is not None:
+            rng = self.augment.random_generator
+            if (self.copy_paste > 0 and len(self.donors) and len(set(labels.tolist())) < self.n_classes
+                    and rng.random() < self.copy_paste):
+                j = rng.choice(self.donors)
+                image, boxes, labels = paste_structures(image, boxes, labels, self.data.images[j],
+                                                        self.data.boxes[j], self.data.labels[j], rng)
             extra = {}
             if self.mosaic:
-                partners = self.augment.random_generator.choice(self.indices, size=MOSAIC_PARTNERS)
+                partners = rng.choice(self.indices, size=MOSAIC_PARTNERS)
                 extra["mosaic_metadata"] = [{"image": self.data.images[j], "bboxes": self.data.boxes[j].reshape(-1, 4),
                                              "labels": self.data.labels[j]} for j in partners]
             out = self.augment(image=image, bboxes=boxes.reshape(-1, 4), labels=labels, **extra)
@@ -236,7 +303,7 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
     g = torch.Generator().manual_seed(cfg.seed)
     augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur, cfg.photometric,
                             cfg.mosaic)
-    loader = torch.utils.data.DataLoader(DetDataset(data, train_idx, augment, cfg.mosaic > 0), batch_size=cfg.batch_size,
+    loader = torch.utils.data.DataLoader(DetDataset(data, train_idx, augment, cfg.mosaic > 0, cfg.copy_paste), batch_size=cfg.batch_size,
                                          shuffle=True, drop_last=True, generator=g, collate_fn=collate)
     optimizer, scheduler = make_optimizer(model, cfg, len(loader))
     val_set = ds.subset(val_idx)
