@@ -65,6 +65,9 @@ def test_cv_compare_pairs_the_folds_and_names_what_changed(tmp_path):
     assert d["ap_fetal_head"]["diffs"] == [0.0, 0.0] and d["ap_fetal_head"]["higher"] == 0
     assert "f1" not in d  # figures missing from the records are left out
     assert recipe_changes(read_cv_record(base), read_cv_record(other)) == {"mosaic": (0.0, 0.5)}
+    older = read_cv_record(base)
+    del older["recipe"]["train"]["mosaic"]  # a run scored before the option existed
+    assert recipe_changes(older, read_cv_record(other)) == {"mosaic": ("(not recorded: its default)", 0.5)}
     # the CLI: a missing run and one over other folds are named, the good one still compared, exit 1
     shifted = _cv_record(tmp_path, "shifted", [0.7, 0.7], held=(200, 200))
     reseeded = _cv_record(tmp_path, "reseeded", [0.7, 0.7], split_seed=1)

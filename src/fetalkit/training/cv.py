@@ -163,6 +163,9 @@ COMPARED = ("ap_pubic_symphysis", "ap_fetal_head", "f1", "fppi", "video_miss_rat
             "video_miss_rate_held", "video_false_masked_increase_pp")
 
 
+NOT_RECORDED = "(not recorded: its default)"
+
+
 def read_cv_record(path: Path) -> dict:
     """A ``cv.json`` record, from its file or its run folder."""
     file = path / "cv.json" if path.is_dir() else path
@@ -177,10 +180,12 @@ def read_cv_record(path: Path) -> dict:
 
 
 def recipe_changes(base: dict, other: dict) -> dict[str, tuple]:
-    """The options in which two records' recipes differ: name -> (base value, other value)."""
+    """The options in which two records' recipes differ: name -> (base value, other value); an
+    option one record lacks (added after it was scored, so at its default then) is NOT_RECORDED."""
     flat = lambda r: {**r.get("train", {}), **{f"cv_{k}": v for k, v in r.get("cv", {}).items()}}
     a, b = flat(base["recipe"]), flat(other["recipe"])
-    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    return {k: (a.get(k, NOT_RECORDED), b.get(k, NOT_RECORDED)) for k in sorted(a.keys() | b.keys())
+            if a.get(k, NOT_RECORDED) != b.get(k, NOT_RECORDED)}
 
 
 def paired_differences(base: dict, other: dict, keys: Optional[list[str]] = None) -> dict[str, dict]:
