@@ -106,13 +106,24 @@ def boxes_from_label_map(label: np.ndarray, values: dict[int, int]) -> tuple[np.
     return np.asarray(boxes, np.float32), np.asarray(labels, np.int64)
 
 
-def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
-    """Pairwise IoU, ``len(a) x len(b)``."""
+def _pairwise_intersection(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairwise intersection areas ``len(a) x len(b)`` and the areas of a (column) and b (row)."""
     a = np.asarray(a_xyxy, np.float32).reshape(-1, 4)[:, None]
     b = np.asarray(b_xyxy, np.float32).reshape(-1, 4)[None]
     iw = (np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])).clip(0)
     ih = (np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])).clip(0)
-    inter = iw * ih
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return iw * ih, area_a, area_b
+
+
+def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """Pairwise IoU, ``len(a) x len(b)``."""
+    inter, area_a, area_b = _pairwise_intersection(a_xyxy, b_xyxy)
     return inter / np.maximum(area_a + area_b - inter, 1e-9)
+
+
+def box_coverage(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """Pairwise share of each box of b covered by each box of a, ``len(a) x len(b)``."""
+    inter, _, area_b = _pairwise_intersection(a_xyxy, b_xyxy)
+    return inter / np.maximum(area_b, 1e-9)

@@ -158,11 +158,8 @@ def write_cv_report(record: dict, out_dir: Path) -> None:
     atomic_write_bytes(out_dir / "cv.json", json.dumps(record, indent=1).encode())
 
 
-# the figures `fetalkit eval cv-compare` shows by default (those present in both records)
-COMPARED = ("ap_pubic_symphysis", "ap_fetal_head", "f1", "fppi", "video_miss_rate_detector",
-            "video_miss_rate_held", "video_false_masked_increase_pp")
-
-
+# the figures `fetalkit eval cv-compare` shows by default, after AP[.5:.95] of every class
+COMPARED = ("f1", "fppi", "video_miss_rate_detector", "video_miss_rate_held", "video_false_masked_increase_pp")
 NOT_RECORDED = "(not recorded: its default)"
 
 
@@ -199,7 +196,8 @@ def paired_differences(base: dict, other: dict, keys: Optional[list[str]] = None
     if not same_folds or split_seed(base) != split_seed(other):
         raise DataError("the two cross-validations are not over the same folds (fold count, split seed or "
                         "held-out sizes differ): rerun one with the other's data, --cv K and split seed")
-    keys = [k for k in (keys or COMPARED) if k in rows_a[0] and k in rows_b[0]]
+    keys = keys or [k for k in rows_a[0] if k.startswith("ap_") and not k.startswith("ap50_")] + list(COMPARED)
+    keys = [k for k in keys if k in rows_a[0] and k in rows_b[0]]
     result = {}
     for k in keys:
         d = np.array([b[k] - a[k] for a, b in zip(rows_a, rows_b)], float)

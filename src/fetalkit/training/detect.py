@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fetalkit.datasets.splits import split_seed_of
-from fetalkit.detection.boxes import DetSet
+from fetalkit.detection.boxes import DetSet, box_coverage
 from fetalkit.errors import DataError, ModelError
 from fetalkit.evaluation.detection import coco_ap
 from fetalkit.types import ImageDetections
@@ -138,16 +138,6 @@ PASTE_MIN_IMAGED = 0.9    # share of non-black pixels the destination needs (ins
 PASTE_MAX_COVER = 0.3     # at most this share of an existing box may be covered (it keeps its label)
 
 
-def _covers(box: np.ndarray, others, share: float) -> bool:
-    """Whether ``box`` covers more than ``share`` of any box in ``others``."""
-    for o in others:
-        iw = min(box[2], o[2]) - max(box[0], o[0])
-        ih = min(box[3], o[3]) - max(box[1], o[1])
-        if iw > 0 and ih > 0 and iw * ih > share * (o[2] - o[0]) * (o[3] - o[1]):
-            return True
-    return False
-
-
 def feather_alpha(h: int, w: int, ramp_px: int = PASTE_FEATHER_PX) -> np.ndarray:
     """h x w weights: 1 inside, falling linearly to 1 / (ramp_px + 1) at the border."""
     ys = np.minimum(np.arange(h), np.arange(h)[::-1]) + 1
@@ -176,7 +166,8 @@ def paste_structures(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, d
             nx, ny = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
             place = np.array([nx, ny, nx + bw, ny + bh], np.float32)
             region = out[ny:ny + bh, nx:nx + bw]
-            if (region > 0).mean() < PASTE_MIN_IMAGED or _covers(place, kept_boxes, PASTE_MAX_COVER):
+            if (region > 0).mean() < PASTE_MIN_IMAGED or (
+                    kept_boxes and box_coverage(place, kept_boxes).max() > PASTE_MAX_COVER):
                 continue
             alpha = feather_alpha(bh, bw)
             out[ny:ny + bh, nx:nx + bw] = alpha * patch + (1 - alpha) * region
