@@ -14,7 +14,8 @@ symphysis label F1 on the source scans, and its FPPI on the derived negatives (t
 figures of the README's detection row).
 Pruning: torch-pruning, L2 group magnitude, every prunable layer group at the same ratio
 (the view classifier's class layer, the detector's FPN and head kept); fine-tuning
-selects the epoch on the val part, as training does.  Writes table.csv and table.md.
+selects the epoch on the val part, as training does; ``--distill W`` (detector) also
+distils the unpruned detector into the pruned one while fine-tuning.  Writes table.csv and table.md.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def detector_rows(args) -> list[dict]:
             prune_channels(net, example, ratio, detector_ignored_layers(net), traced=wrapper)
             tune = copy.deepcopy(cfg)
             tune.epochs, tune.lr, tune.from_checkpoint = args.epochs, args.lr, None
+            if args.distill:  # the unpruned detector teaches its pruned copy (same FPN and head)
+                tune.distill_from, tune.distill_weight = str(args.checkpoint), args.distill
             out = args.out / f"det_p{int(ratio * 100)}"
             fit(ds, data, train_idx, val_idx, tune, out, resume=True, model=net,
                 progress=lambda row: print({k: row[k] for k in row if k.startswith(("epoch", "val_ap", "seconds"))},
@@ -189,6 +192,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="detector: the label set it trained on")
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs after pruning")
     ap.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak learning rate")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="detector: weight of distillation from the unpruned checkpoint while fine-tuning (0: none)")
     ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="pruning ratios (the unpruned row always comes first)")
     ap.add_argument("--runs", type=int, default=200, help="timed runs per model")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for fine-tuning")

@@ -465,3 +465,61 @@ def test_copy_paste_in_the_training_set_gives_negatives_boxes():
     assert with_box >= 7  # pasted every time; the affine / crop may push one out of the frame
     plain = DetDataset(data, np.arange(4), build_augment(0, size, hflip=False))
     assert all(len(plain[k][1]["boxes"]) == 0 for k in (1, 2, 3))
+
+
+def test_distillation_pulls_a_pruned_detector_toward_its_teacher(trained, blob_set, tmp_path):
+    """The same pruned network fine-tuned with and without --distill-from: with it, its FPN features on
+    held-out images end closer to the unpruned teacher's."""
+    import copy
+    pytest.importorskip("torch_pruning")
+    from fetalkit.detection.formats import read_detection_set
+    from fetalkit.training.compress import detector_ignored_layers, prune_channels
+    from fetalkit.training.detect import fit, load_detector_checkpoint, load_letterboxed, split_indices
+    from fetalkit.training.detectors import DenseDetectorExport
+    from fetalkit.training.distill import feature_imitation_loss
+    teacher, cfg, _ = load_detector_checkpoint(trained / "best.pt")
+    ds = read_detection_set(blob_set)
+    tr, va, _ = split_indices(ds, cfg.data_split_seed)
+    data = load_letterboxed(ds, cfg.size)
+    pruned = copy.deepcopy(teacher)
+    prune_channels(pruned, torch.zeros(1, 1, 128, 128), 0.5, detector_ignored_layers(pruned),
+                   traced=DenseDetectorExport(pruned, 128))
+    x = torch.from_numpy(data.images[va].astype(np.float32) / 255.0)[:, None]
+
+    def distance(model) -> float:
+        wrap = DenseDetectorExport(model.eval(), 128).eval()
+        with torch.no_grad():
+            z = (x - wrap.mean) / wrap.std
+            return float(feature_imitation_loss(list(model.backbone(z).values()), list(teacher.backbone(z).values())))
+
+    results = {}
+    for name, distill in (("plain", None), ("distilled", str(trained / "best.pt"))):
+        tune = copy.deepcopy(cfg)
+        tune.epochs, tune.lr, tune.distill_from, tune.distill_weight = 3, 1e-3, distill, 5.0
+        student = copy.deepcopy(pruned)
+        fit(ds, data, tr, va, tune, tmp_path / name, model=student)
+        results[name] = distance(student)
+        assert not student.backbone._forward_hooks and not student.head._forward_hooks
+    header = (tmp_path / "distilled" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train_distill_features", "train_distill_outputs"} <= set(header)
+    assert results["distilled"] < 0.8 * results["plain"], results
+
+
+def test_distill_from_cli_records_the_teacher_and_refuses_a_bad_file(trained, blob_set, tmp_path):
+    from fetalkit.training.detect import load_detector_checkpoint
+    run = tmp_path / "kd"
+    res = fetalkit("train", "detector", "--data", blob_set, "--out", run, "--epochs", "1", "--batch-size", "8",
+                   "--size", "128", "--arch", "fcos-mnv2-bn", "--from-checkpoint", trained / "best.pt",
+                   "--distill-from", trained / "best.pt", "--distill-weight", "2")
+    assert res.returncode == 0, res.stderr
+    cfg = load_detector_checkpoint(run / "best.pt")[1]
+    assert (cfg.distill_from, cfg.distill_weight) == (str(trained / "best.pt"), 2.0)
+    res = fetalkit("train", "detector", "--data", blob_set, "--out", tmp_path / "kd2", "--distill-from",
+                   tmp_path / "missing.pt")
+    assert res.returncode == 1 and "missing.pt" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "kd2").exists()
+    # a teacher whose FPN differs from the student's is refused with one line
+    res = fetalkit("train", "detector", "--data", blob_set, "--out", tmp_path / "kd3", "--epochs", "1",
+                   "--batch-size", "8", "--size", "128", "--arch", "retinanet-mnv2", "--init", "random",
+                   "--distill-from", trained / "best.pt")
+    assert res.returncode == 1 and "FPN" in res.stderr and "Traceback" not in res.stderr

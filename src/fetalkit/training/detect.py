@@ -24,6 +24,7 @@ from fetalkit.evaluation.detection import coco_ap
 from fetalkit.types import ImageDetections
 from fetalkit.io.images import read_gray
 from fetalkit.runtime.detector import letterbox
+from fetalkit.training.distill import Distiller
 from fetalkit.training.detectors import backbone_parameters, build_detector, warm_start
 from fetalkit.training.models import count_parameters
 from fetalkit.training.runs import RunFiles, default_device, seed_everything
@@ -63,6 +64,11 @@ class DetTrainConfig:
     # probability that an image lacking a class gets that class's boxed structure from another
     # training image pasted into its imaged area (copy-paste of boxes onto negatives)
     copy_paste: float = 0.0
+    # a trained detector (checkpoint or bundled name) of the same FPN and head whose FPN features
+    # and dense outputs the student also learns (fetalkit.training.distill), e.g. the unpruned
+    # detector for a pruned one; ``distill_weight`` scales those losses
+    distill_from: Optional[str] = None
+    distill_weight: float = 1.0
     categories: list[str] = field(default_factory=list)
     split_seed: Optional[int] = None  # None: ``seed`` (another seed then trains on the same split)
     # train on train + val with a recipe fixed beforehand (epochs included): nothing is held
@@ -243,7 +249,8 @@ def make_optimizer(model, cfg: DetTrainConfig, steps_per_epoch: int):
     return optimizer, scheduler
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device) -> dict[str, float]:
+def train_one_epoch(model, loader, optimizer, scheduler, device, distiller=None) -> dict[str, float]:
+    """One pass over ``loader``; with a ``Distiller``, its losses are added to the detector's own."""
     model.train()
     sums: dict[str, float] = {}
     n = 0
@@ -251,6 +258,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, device) -> dict[str, fl
         images = [x.to(device) for x in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
+        if distiller is not None:
+            losses |= distiller.losses()
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -291,6 +300,7 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
         if cfg.from_checkpoint:
             warm_start(model, read_checkpoint_weights(cfg.from_checkpoint))
     model = model.to(device)
+    teacher = load_detector_checkpoint(resolve_checkpoint(cfg.distill_from))[0].to(device) if cfg.distill_from else None
     g = torch.Generator().manual_seed(cfg.seed)
     augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur, cfg.photometric,
                             cfg.mosaic)
@@ -302,11 +312,12 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
     start_epoch = run.start(resume, device, {"params_total": count_parameters(model), "n_train": int(len(train_idx)),
                                              "n_val": int(len(val_idx))})
     row: dict = {}
+    distiller = Distiller(model, teacher, cfg.distill_weight) if teacher is not None else None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
         if cfg.mosaic > 0:
             set_mosaic(loader, cfg.mosaic if epoch < cfg.epochs - cfg.close_mosaic else 0.0)
-        losses = train_one_epoch(model, loader, optimizer, scheduler, device)
+        losses = train_one_epoch(model, loader, optimizer, scheduler, device, distiller)
         metrics = coco_ap(val_set, predict_torch(model, data, val_idx, device)) if len(val_idx) else {}
         row = {"epoch": epoch, **{k: round(v, 5) for k, v in losses.items()},
                **{f"val_{k}": round(v, 5) for k, v in metrics.items()},
@@ -316,6 +327,8 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
             progress({**row, "best": run.best})
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
+    if distiller is not None:
+        distiller.close()
     return {"best": run.best, "last": row}
 
 
@@ -369,6 +382,13 @@ def train_detector(data_dir: Path, out_dir: Path, cfg: DetTrainConfig, resume: b
                        read_checkpoint_weights(cfg.from_checkpoint))
         except ModelError as e:
             raise ModelError(f"{cfg.from_checkpoint}: {e} ({cfg.arch}); fine-tune a detector with the same trunk") from None
+    if cfg.distill_from:  # likewise a teacher whose FPN or head differ from the student's
+        from fetalkit.training.distill import check_distillable
+        try:
+            check_distillable(build_detector(cfg.arch, len(cfg.categories), cfg.size, "random"),
+                              load_detector_checkpoint(resolve_checkpoint(cfg.distill_from))[0], cfg.size)
+        except ModelError as e:
+            raise ModelError(f"{cfg.distill_from}: cannot teach {cfg.arch}: {e}") from None
     train_idx, val_idx, test_idx = split_indices(ds, cfg.data_split_seed)
     if not len(train_idx) or not len(val_idx):
         raise DataError(f"{data_dir}: too few groups ({len(set(ds.groups()))}) to split into train / val / test")
