@@ -24,7 +24,7 @@ from fetalkit.evaluation.detection import coco_ap
 from fetalkit.types import ImageDetections
 from fetalkit.io.images import read_gray
 from fetalkit.runtime.detector import letterbox
-from fetalkit.training.distill import Distiller
+from fetalkit.training.distill import Distiller, check_distillable
 from fetalkit.training.detectors import backbone_parameters, build_detector, warm_start
 from fetalkit.training.models import count_parameters
 from fetalkit.training.runs import RunFiles, default_device, seed_everything
@@ -313,22 +313,24 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
                                              "n_val": int(len(val_idx))})
     row: dict = {}
     distiller = Distiller(model, teacher, cfg.distill_weight) if teacher is not None else None
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
-        if cfg.mosaic > 0:
-            set_mosaic(loader, cfg.mosaic if epoch < cfg.epochs - cfg.close_mosaic else 0.0)
-        losses = train_one_epoch(model, loader, optimizer, scheduler, device, distiller)
-        metrics = coco_ap(val_set, predict_torch(model, data, val_idx, device)) if len(val_idx) else {}
-        row = {"epoch": epoch, **{k: round(v, 5) for k, v in losses.items()},
-               **{f"val_{k}": round(v, 5) for k, v in metrics.items()},
-               "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
-        run.end_epoch(epoch, row, row["val_ap"] if len(val_idx) else float(epoch))
-        if progress:
-            progress({**row, "best": run.best})
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
-    if distiller is not None:
-        distiller.close()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.time()
+            if cfg.mosaic > 0:
+                set_mosaic(loader, cfg.mosaic if epoch < cfg.epochs - cfg.close_mosaic else 0.0)
+            losses = train_one_epoch(model, loader, optimizer, scheduler, device, distiller)
+            metrics = coco_ap(val_set, predict_torch(model, data, val_idx, device)) if len(val_idx) else {}
+            row = {"epoch": epoch, **{k: round(v, 5) for k, v in losses.items()},
+                   **{f"val_{k}": round(v, 5) for k, v in metrics.items()},
+                   "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+            run.end_epoch(epoch, row, row["val_ap"] if len(val_idx) else float(epoch))
+            if progress:
+                progress({**row, "best": run.best})
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                break
+    finally:  # the student leaves without the distiller's hooks, however training ends
+        if distiller is not None:
+            distiller.close()
     return {"best": run.best, "last": row}
 
 
@@ -383,7 +385,6 @@ def train_detector(data_dir: Path, out_dir: Path, cfg: DetTrainConfig, resume: b
         except ModelError as e:
             raise ModelError(f"{cfg.from_checkpoint}: {e} ({cfg.arch}); fine-tune a detector with the same trunk") from None
     if cfg.distill_from:  # likewise a teacher whose FPN or head differ from the student's
-        from fetalkit.training.distill import check_distillable
         try:
             check_distillable(build_detector(cfg.arch, len(cfg.categories), cfg.size, "random"),
                               load_detector_checkpoint(resolve_checkpoint(cfg.distill_from))[0], cfg.size)

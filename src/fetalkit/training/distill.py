@@ -51,7 +51,7 @@ def dense_output_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch
     """Soft-target loss on a dense detector's head outputs (N x places x K tensors): the class KL
     summed over places, box regression L1 and centre-ness KL weighted per place by the teacher's
     highest class probability; all normalised by the sum of those weights."""
-    if any(student[k].shape != v.shape for k, v in teacher.items() if k in student) or set(teacher) != set(student):
+    if set(student) != set(teacher) or any(student[k].shape != teacher[k].shape for k in teacher):
         raise ModelError("student and teacher head outputs differ (classes or places); distil a detector of the "
                          "same classes and levels")
     weight = torch.sigmoid(teacher["cls_logits"]).max(dim=-1).values   # N x places
