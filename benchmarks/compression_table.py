@@ -13,7 +13,9 @@ split); for the detector, on the test part of its split, COCO AP[.5:.95] per cla
 symphysis label F1 on the source scans, and its FPPI on the derived negatives (the
 figures of the README's detection row).
 Pruning: torch-pruning, L2 group magnitude, every prunable layer group at the same ratio
-(the view classifier's class layer, the detector's FPN and head kept); fine-tuning
+(``--global-ranking``: ratio of all channels, ranked together), the view classifier's class
+layer and the detector's FPN and head kept; ``--steps N`` (detector) prunes in N equal steps,
+each fine-tuned; fine-tuning
 selects the epoch on the val part, as training does; ``--distill W`` (detector) also
 distils the unpruned detector into the pruned one while fine-tuning.  Writes table.csv and table.md.
 """
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from fetalkit.training.compress import (count_macs, detector_ignored_layers, latency_ms, peak_inference_mb,
-                                        prune_channels, view_ignored_layers)
+                                        prune_channels, step_ratios, view_ignored_layers)
 from fetalkit.training.models import count_parameters
 
 RATIOS = (0.3, 0.5, 0.7)
@@ -72,7 +74,7 @@ def view_rows(args) -> list[dict]:
     for ratio in (0.0, *args.ratios):
         net = copy.deepcopy(model)
         if ratio:
-            prune_channels(net, example, ratio, view_ignored_layers(net))
+            prune_channels(net, example, ratio, view_ignored_layers(net), global_ranking=args.global_ranking)
             tune = ViewTrainConfig(arch=cfg["arch"], size_px=size, epochs=args.epochs, batch_size=cfg["batch_size"],
                                    lr=args.lr, seed=cfg["seed"])
             out = args.out / f"view_p{int(ratio * 100)}"
@@ -125,16 +127,18 @@ def detector_rows(args) -> list[dict]:
         card = copy.deepcopy(bundled_card)
         if ratio:
             wrapper = DenseDetectorExport(net, cfg.size)
-            prune_channels(net, example, ratio, detector_ignored_layers(net), traced=wrapper)
             tune = copy.deepcopy(cfg)
-            tune.epochs, tune.lr, tune.from_checkpoint = args.epochs, args.lr, None
+            tune.epochs, tune.lr, tune.from_checkpoint = args.epochs // args.steps, args.lr, None
             if args.distill:  # the unpruned detector teaches its pruned copy (same FPN and head)
                 tune.distill_from, tune.distill_weight = str(args.checkpoint), args.distill
-            out = args.out / f"det_p{int(ratio * 100)}"
-            fit(ds, data, train_idx, val_idx, tune, out, resume=True, model=net,
-                progress=lambda row: print({k: row[k] for k in row if k.startswith(("epoch", "val_ap", "seconds"))},
-                                           flush=True))
-            net.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
+            for step, step_ratio in enumerate(step_ratios(ratio, args.steps), 1):
+                prune_channels(net, example, step_ratio, detector_ignored_layers(net), traced=wrapper,
+                               global_ranking=args.global_ranking)
+                out = args.out / (f"det_p{int(ratio * 100)}" + (f"_s{step}" if args.steps > 1 else ""))
+                fit(ds, data, train_idx, val_idx, tune, out, resume=True, model=net,
+                    progress=lambda row: print({k: row[k] for k in row if k.startswith(("epoch", "val_ap", "seconds"))},
+                                               flush=True))
+                net.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
             write_detector_onnx(net.eval(), cfg.size, fp32)
             # the operating point of a pruned detector is chosen again on val, as for any detector
             card.update(name=fp32.stem, params=count_parameters(net), pruned_channels=ratio, metrics={})
@@ -194,6 +198,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4, help="fine-tuning peak learning rate")
     ap.add_argument("--distill", type=float, default=0.0,
                     help="detector: weight of distillation from the unpruned checkpoint while fine-tuning (0: none)")
+    ap.add_argument("--steps", type=int, default=1,
+                    help="detector: prune in this many equal steps, each fine-tuned for epochs/steps (1: one shot)")
+    ap.add_argument("--global-ranking", action="store_true",
+                    help="rank channels across all layer groups (ratio of all channels) instead of ratio of each group")
     ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="pruning ratios (the unpruned row always comes first)")
     ap.add_argument("--runs", type=int, default=200, help="timed runs per model")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for fine-tuning")

@@ -10,7 +10,7 @@ pytest.importorskip("torch_pruning")
 pytest.importorskip("fvcore")
 
 from fetalkit.training.compress import (count_macs, detector_ignored_layers, latency_ms, peak_inference_mb,  # noqa: E402
-                                        prune_channels, view_ignored_layers)
+                                        prune_channels, step_ratios, view_ignored_layers)
 from fetalkit.training.models import count_parameters  # noqa: E402
 
 
@@ -56,3 +56,37 @@ def test_prune_ratio_must_be_a_fraction():
     net = view_arch("resnet8-w8").build(2, "random")
     with pytest.raises(ValueError):
         prune_channels(net, torch.zeros(1, 1, 32, 32), 1.0, view_ignored_layers(net))
+
+
+def _two_layer_net(weak_channels: int) -> torch.nn.Sequential:
+    """conv(16) -> conv(16) -> 1x1 conv(2, kept); the first ``weak_channels`` filters of the first layer near zero."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 2, 1))
+    with torch.no_grad():
+        for conv in (net[0], net[2]):  # equal magnitudes everywhere, then a few filters made weak
+            conv.weight.copy_(torch.sign(torch.randn_like(conv.weight)) * 0.1)
+        net[0].weight[:weak_channels] *= 1e-3
+    return net
+
+
+def test_global_ranking_prunes_the_weak_layer_more_and_uniform_pruning_does_not():
+    x = torch.zeros(1, 1, 16, 16)
+    uniform = _two_layer_net(8)
+    prune_channels(uniform, x, 0.25, [uniform[4]], round_to=1)
+    assert [uniform[0].out_channels, uniform[2].out_channels] == [12, 12]
+    net = _two_layer_net(8)
+    prune_channels(net, x, 0.25, [net[4]], round_to=1, global_ranking=True)
+    # 8 of 32 channels go, all of them the weak filters of the first layer
+    assert [net[0].out_channels, net[2].out_channels] == [8, 16]
+    assert net[0].weight.abs().min() > 0.05 and net[4].out_channels == 2
+
+
+def test_step_ratios_compound_to_the_total():
+    assert step_ratios(0.5, 1) == [0.5]
+    r = step_ratios(0.5, 2)
+    assert r[0] == pytest.approx(0.25) and r[1] == pytest.approx(1 / 3)
+    kept = np.prod([1 - v for v in step_ratios(0.7, 3)])
+    assert kept == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        step_ratios(0.5, 0)

@@ -21,8 +21,8 @@ from torch import nn
 
 
 def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, ignored: list[nn.Module],
-                   traced: nn.Module | None = None, round_to: int = 8) -> nn.Module:
-    """Remove ``ratio`` of the channels of every prunable layer group, in place.
+                   traced: nn.Module | None = None, round_to: int = 8, global_ranking: bool = False) -> nn.Module:
+    """Remove ``ratio`` of the channels of the prunable layer groups, in place.
 
     torch-pruning's MetaPruner with L2 group-magnitude importance: coupled layers
     (a convolution, its BatchNorm, the next layer's inputs, residual additions) are
@@ -30,6 +30,10 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, ignore
     output channels (the class layer, a detector's FPN and head); ``traced`` is the
     module to trace (a wrapper whose forward takes a tensor), default ``model``.
     Channel counts are rounded to multiples of ``round_to`` (kernels prefer them).
+    By default every group loses ``ratio`` of its channels; ``global_ranking`` instead ranks
+    the channels of all groups together (each group's importance over its mean, torch-pruning's
+    default normaliser), so ``ratio`` of all channels go, more from the groups that matter
+    less; no group loses more than 90 %.
     """
     import torch_pruning as tp
     if not 0.0 < ratio < 1.0:
@@ -37,9 +41,19 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, ignore
     root = traced if traced is not None else model
     root.eval()
     pruner = tp.pruner.MetaPruner(root, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to)
+                                  pruning_ratio=ratio, ignored_layers=ignored, round_to=round_to,
+                                  global_pruning=global_ranking, max_pruning_ratio=0.9)
     pruner.step()
     return model
+
+
+def step_ratios(ratio: float, steps: int) -> list[float]:
+    """Per-step ratios that prune ``ratio`` of the channels in ``steps`` equal steps, each step's
+    ratio taken of the channels left by the one before (0.5 in 2 steps: 0.25, then 1/3)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    kept = [1.0 - ratio * k / steps for k in range(steps + 1)]
+    return [1.0 - kept[k + 1] / kept[k] for k in range(steps)]
 
 
 def view_ignored_layers(model: nn.Module) -> list[nn.Module]:
