@@ -129,6 +129,7 @@ def detector_rows(args) -> list[dict]:
             wrapper = DenseDetectorExport(net, cfg.size)
             tune = copy.deepcopy(cfg)
             tune.epochs, tune.lr, tune.from_checkpoint = args.epochs // args.steps, args.lr, None
+            tune.threads = args.threads  # fit sets torch's threads from its config
             if args.distill:  # the unpruned detector teaches its pruned copy (same FPN and head)
                 tune.distill_from, tune.distill_weight = str(args.checkpoint), args.distill
             for step, step_ratio in enumerate(step_ratios(ratio, args.steps), 1):
