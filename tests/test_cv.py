@@ -185,3 +185,40 @@ def test_cross_validation_refuses_bad_fold_counts(phantom_set, tmp_path):
     r = fetalkit("train", "detector", "--data", phantom_set, "--out", tmp_path / "c", "--cv", "2", "--epochs", "1",
                  "--size", "128", "--init", "random", "--cv-category", "nose")
     assert r.returncode != 0 and "--cv-category" in r.stdout + r.stderr
+
+
+def test_cross_validation_distils_each_fold_from_its_own_folds_teachers(phantom_set, tmp_path):
+    """--distill-from RUN/fold{fold}/last.pt (twice: an ensemble) under --cv: each fold learns from the
+    teacher fold that held out the same images; a teacher that trained on them is refused."""
+    from fetalkit.training.detect import load_detector_checkpoint
+    common = ("--cv", "2", "--epochs", "1", "--batch-size", "4", "--size", "128", "--init", "random",
+              "--cv-category", "fetal_head", "--cv-sequences", "1")
+    teacher = tmp_path / "teacher"
+    r = fetalkit("train", "detector", "--data", phantom_set, "--out", teacher, *common)
+    assert r.returncode == 0, r.stderr
+    path = str(teacher / "fold{fold}" / "last.pt")
+    student = tmp_path / "student"
+    r = fetalkit("train", "detector", "--data", phantom_set, "--out", student, *common,
+                 "--distill-from", path, "--distill-from", path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    for f in (0, 1):
+        cfg = load_detector_checkpoint(student / f"fold{f}" / "last.pt")[1]
+        assert cfg.distill_from == [str(teacher / f"fold{f}" / "last.pt")] * 2
+        header = (student / f"fold{f}" / "metrics.csv").read_text().splitlines()[0].split(",")
+        assert "train_distill_outputs" in header and "train_distill_features" not in header
+    assert json.loads((student / "cv.json").read_text())["recipe"]["train"]["distill_from"] == [path, path]
+    # a teacher that trained on fold 0's held-out images, and one with no split beside it, are refused
+    leaky = tmp_path / "leaky" / "fold0"
+    leaky.mkdir(parents=True)
+    shutil.copy(teacher / "fold0" / "last.pt", leaky / "last.pt")
+    names = [ln.split(",")[0] for ln in (teacher / "fold0" / "split.txt").read_text().splitlines()]
+    (leaky / "split.txt").write_text("".join(f"{n},train\n" for n in names))
+    shutil.copytree(teacher / "fold1", leaky.parent / "fold1")
+    for bad, message in ((str(leaky.parent / "fold{fold}" / "last.pt"), "held-out part"),
+                         ("psfhs-fcos-mnv2", "split.txt")):
+        r = fetalkit("train", "detector", "--data", phantom_set, "--out", tmp_path / "refused", *common,
+                     "--distill-from", bad)
+        assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "refused" / "fold0" / "last.pt").exists()
+    r = fetalkit("train", "detector", "--data", phantom_set, "--out", tmp_path / "nocv", "--distill-from", path)
+    assert r.returncode == 1 and "needs --cv" in r.stderr and not (tmp_path / "nocv").exists()

@@ -89,3 +89,30 @@ def test_detectors_of_other_fpn_shapes_are_refused():
             d.losses()
     with pytest.raises(ModelError, match="forward"):
         Distiller(student, teacher).losses()
+
+
+def test_an_ensemble_teaches_its_averaged_outputs_and_no_features():
+    from fetalkit.training.distill import EnsembleTeacher, average_dense_outputs
+    a = build_detector("fcos-mnv2", 2, 128, "random").eval()
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b.head.classification_head.cls_logits.bias.add_(1.0)
+    student = copy.deepcopy(a).eval()
+    with Distiller(student, EnsembleTeacher([a, copy.deepcopy(a)])) as d, torch.no_grad():
+        student(_images())
+        same = d.losses()
+    assert set(same) == {"distill_outputs"}  # separately trained FPNs are not comparable: no feature term
+    assert float(same["distill_outputs"]) == pytest.approx(0.0, abs=1e-4)
+    with Distiller(student, EnsembleTeacher([a, b])) as d, torch.no_grad():
+        student(_images())
+        assert float(d.losses()["distill_outputs"]) > 1e-3
+    # probabilities are averaged, box regressions are averaged as they are
+    heads = [{"cls_logits": torch.tensor([[[0.0]]]), "bbox_regression": torch.ones(1, 1, 4)},
+             {"cls_logits": torch.tensor([[[torch.logit(torch.tensor(0.9))]]]), "bbox_regression": 3 * torch.ones(1, 1, 4)}]
+    mean = average_dense_outputs(heads)
+    assert float(torch.sigmoid(mean["cls_logits"])) == pytest.approx(0.7)
+    assert torch.equal(mean["bbox_regression"], 2 * torch.ones(1, 1, 4))
+    with pytest.raises(ModelError, match="differ"):
+        average_dense_outputs([heads[0], {**heads[1], "cls_logits": torch.zeros(1, 1, 3)}])
+    with pytest.raises(ModelError, match="at least two"):
+        EnsembleTeacher([a])

@@ -168,7 +168,7 @@ def train_detector_cmd(
     mosaic: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability of a mosaic: a crop of a 2 x 2 grid of the image and three other training images at native scale (structures at any place, cut by any edge, beside negatives)."),
     close_mosaic: int = typer.Option(0, "--close-mosaic", min=0, help="With --mosaic: the last K epochs without it (training ends on whole frames, as masking sees them)."),
     copy_paste: float = typer.Option(0.0, "--copy-paste", min=0.0, max=1.0, help="Probability that an image lacking a class (a negative) gets that class's boxed structure from another training image pasted into its imaged area, feathered at the edge."),
-    distill_from: Optional[str] = typer.Option(None, "--distill-from", help="Also learn a trained detector's FPN features and dense outputs (knowledge distillation): a run's best.pt or psfhs-fcos-mnv2. Its FPN and head must have this architecture's shapes (fcos-mnv2 and fcos-mnv2-bn agree)."),
+    distill_from: Optional[list[str]] = typer.Option(None, "--distill-from", help="Also learn a trained detector's FPN features and dense outputs (knowledge distillation): a run's best.pt or psfhs-fcos-mnv2. Its FPN and head must have this architecture's shapes (fcos-mnv2 and fcos-mnv2-bn agree). Repeat for an ensemble teacher (averaged dense outputs). With --cv, '{fold}' in a path is the fold number: RUN/fold{fold}/last.pt of a CV run with the same folds."),
     distill_weight: float = typer.Option(1.0, "--distill-weight", min=0.0, help="With --distill-from: weight of the distillation losses beside the detector's own."),
     seed: int = typer.Option(0, help="Seed of the initialisation, the augmentation and (unless --split-seed) the split."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed); keep it to retrain with another --seed on the same split."),
@@ -189,9 +189,13 @@ def train_detector_cmd(
     if size % 32 or size < 128:
         fail(f"--size must be a multiple of 32 and at least 128 (the coarsest level needs 2 x 2 cells), got {size}")
     from fetalkit.training.detect import read_checkpoint_weights
-    for checkpoint in (from_checkpoint, distill_from):
+    teachers = list(distill_from or [])
+    if any("{fold}" in t for t in teachers) and not cv:
+        fail("--distill-from: '{fold}' in a path needs --cv K (each fold learns from its own fold's teacher)")
+    for checkpoint in [from_checkpoint, *sorted({t.replace("{fold}", str(i)) for t in teachers for i in range(cv or 1)})]:
         if checkpoint:
             read_checkpoint_weights(checkpoint)  # a bad file is refused before the run folder is made
+    distill_from = teachers[0] if len(teachers) == 1 else (teachers or None)  # one teacher: a path, as ever
     cfg = DetTrainConfig(arch=arch, init=init, size=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          threads=threads, hflip=hflip, split_seed=split_seed, aspect_crops=aspect_crops,
                          motion_blur=motion_blur, photometric=photometric, mosaic=mosaic, close_mosaic=close_mosaic,

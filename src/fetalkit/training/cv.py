@@ -89,6 +89,25 @@ def summarise_folds(rows: list[dict]) -> dict[str, dict[str, float]]:
                 "sd": float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else 0.0} for k in keys}
 
 
+def fold_teachers(distill_from: str | list[str], fold: int, held_out: set[str]) -> str | list[str]:
+    """The teachers of one fold: "{fold}" in each path replaced by the fold number.  A teacher must
+    be a run's checkpoint with its ``split.txt`` beside it that trained on none of the fold's
+    held-out images (the teacher's own fold of a CV run with the same folds and split seed),
+    else what the student learns from it would leak the held-out fold."""
+    paths = [distill_from] if isinstance(distill_from, str) else list(distill_from)
+    paths = [p.replace("{fold}", str(fold)) for p in paths]
+    for p in paths:
+        split = Path(p).parent / "split.txt"
+        if not split.is_file():
+            raise DataError(f"{p}: a teacher under cross-validation needs its run's split.txt beside it; give a "
+                            f"fold of a CV run with the same folds, e.g. RUN/fold{{fold}}/last.pt")
+        trained = {line.split(",")[0] for line in split.read_text().splitlines() if line.endswith(",train")}
+        if trained & held_out:
+            raise DataError(f"{p}: trained on {len(trained & held_out)} images of fold {fold}'s held-out part; give "
+                            f"a CV run's fold{{fold}} with the same --cv K and split seed (--split-seed)")
+    return paths[0] if len(paths) == 1 else paths
+
+
 def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
                             progress: Optional[Callable[[str], None]] = None,
                             epoch_progress: Optional[Callable[[dict], None]] = None) -> dict:
@@ -97,7 +116,9 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
     from fetalkit.detection.formats import read_detection_set
     from fetalkit.evaluation.detection import evaluate_detector
     from fetalkit.runtime.detector import FlipAveraged, OnnxDetector
-    from fetalkit.training.detect import fit, load_letterboxed
+    from fetalkit.training.detect import fit, load_letterboxed, load_teacher
+    from fetalkit.training.detectors import build_detector
+    from fetalkit.training.distill import check_distillable
     from fetalkit.training.export import export_detector
     say = progress or (lambda message: None)
     ds = read_detection_set(data_dir)
@@ -111,6 +132,12 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
         folds = cv_folds(ds.groups(), cv.folds, cfg.data_split_seed)
     except ValueError as e:
         raise DataError(f"{data_dir}: {e}") from None
+    teachers = [None] * len(folds)
+    if cfg.distill_from:  # every fold's teachers checked before any fold trains
+        student = build_detector(cfg.arch, len(cfg.categories), cfg.size, "random")
+        for i, (_, held_idx) in enumerate(folds):
+            teachers[i] = fold_teachers(cfg.distill_from, i, {ds.samples[j].file_name for j in held_idx})
+            check_distillable(student, load_teacher(teachers[i]), cfg.size)
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = {"train": {k: v for k, v in asdict(cfg).items() if k != "categories"}, "cv": asdict(cv)}
     data = None  # letterboxed once, only if a fold still has to train
@@ -129,8 +156,10 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
         parts = {int(j): "train" for j in train_idx} | {int(j): "val" for j in held_idx}
         (fold_dir / "split.txt").write_text("".join(f"{ds.samples[j].file_name},{p}\n" for j, p in sorted(parts.items())))
         say(f"fold {i}: training on {len(train_idx)} images, {len(held_idx)} held out")
+        fold_cfg = deepcopy(cfg)
+        fold_cfg.distill_from = teachers[i]
         # no validation indices: a fixed schedule whose last epoch is kept, nothing chosen on the held-out fold
-        fit(ds, data, train_idx, held_idx[:0], deepcopy(cfg), fold_dir, resume=True, progress=epoch_progress)
+        fit(ds, data, train_idx, held_idx[:0], fold_cfg, fold_dir, resume=True, progress=epoch_progress)
         onnx = fold_dir / "detector.onnx"
         export_detector(fold_dir / "last.pt", onnx, name=f"cv-fold{i}",
                         operating_point={"conf": cv.conf, "iou": cv.iou, "chosen_on": "fixed for cross-validation"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import cv2
 import numpy as np
@@ -24,7 +24,7 @@ from fetalkit.evaluation.detection import coco_ap
 from fetalkit.types import ImageDetections
 from fetalkit.io.images import read_gray
 from fetalkit.runtime.detector import letterbox
-from fetalkit.training.distill import Distiller, check_distillable
+from fetalkit.training.distill import Distiller, EnsembleTeacher, check_distillable
 from fetalkit.training.detectors import backbone_parameters, build_detector, warm_start
 from fetalkit.training.models import count_parameters
 from fetalkit.training.runs import RunFiles, default_device, seed_everything
@@ -66,8 +66,9 @@ class DetTrainConfig:
     copy_paste: float = 0.0
     # a trained detector (checkpoint or bundled name) of the same FPN and head whose FPN features
     # and dense outputs the student also learns (fetalkit.training.distill), e.g. the unpruned
-    # detector for a pruned one; ``distill_weight`` scales those losses
-    distill_from: Optional[str] = None
+    # detector for a pruned one; a list: an ensemble whose averaged dense outputs it learns;
+    # under CV, "{fold}" in a path is the fold number; ``distill_weight`` scales those losses
+    distill_from: Union[str, list[str], None] = None
     distill_weight: float = 1.0
     categories: list[str] = field(default_factory=list)
     split_seed: Optional[int] = None  # None: ``seed`` (another seed then trains on the same split)
@@ -300,7 +301,7 @@ def fit(ds: DetSet, data: LetterboxedSet, train_idx: np.ndarray, val_idx: np.nda
         if cfg.from_checkpoint:
             warm_start(model, read_checkpoint_weights(cfg.from_checkpoint))
     model = model.to(device)
-    teacher = load_detector_checkpoint(resolve_checkpoint(cfg.distill_from))[0].to(device) if cfg.distill_from else None
+    teacher = load_teacher(cfg.distill_from).to(device) if cfg.distill_from else None
     g = torch.Generator().manual_seed(cfg.seed)
     augment = build_augment(cfg.seed, cfg.size, cfg.hflip, cfg.aspect_crops, cfg.motion_blur, cfg.photometric,
                             cfg.mosaic)
@@ -361,6 +362,13 @@ def load_detector_checkpoint(path: Path):
     return model.eval(), cfg, ck
 
 
+def load_teacher(distill_from: Union[str, list[str]]) -> torch.nn.Module:
+    """The teacher of ``DetTrainConfig.distill_from``: one detector, or an ``EnsembleTeacher`` of several."""
+    paths = [distill_from] if isinstance(distill_from, str) else list(distill_from)
+    members = [load_detector_checkpoint(resolve_checkpoint(p))[0] for p in paths]
+    return members[0] if len(members) == 1 else EnsembleTeacher(members)
+
+
 def split_indices(ds: DetSet, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train / val / test by group (subject or id block); test is never used for tuning."""
     from fetalkit.datasets.splits import SPLIT_PARTS, select_split
@@ -387,7 +395,7 @@ def train_detector(data_dir: Path, out_dir: Path, cfg: DetTrainConfig, resume: b
     if cfg.distill_from:  # likewise a teacher whose FPN or head differ from the student's
         try:
             check_distillable(build_detector(cfg.arch, len(cfg.categories), cfg.size, "random"),
-                              load_detector_checkpoint(resolve_checkpoint(cfg.distill_from))[0], cfg.size)
+                              load_teacher(cfg.distill_from), cfg.size)
         except ModelError as e:
             raise ModelError(f"{cfg.distill_from}: cannot teach {cfg.arch}: {e}") from None
     train_idx, val_idx, test_idx = split_indices(ds, cfg.data_split_seed)

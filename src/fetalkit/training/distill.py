@@ -19,6 +19,10 @@ the frozen teacher on the same (augmented, normalised) batch and returns:
 
 Both are multiplied by ``weight`` and added to the detector's own losses by
 ``train_one_epoch``.
+
+An ``EnsembleTeacher`` (several trained detectors of one layout, e.g. the same recipe from
+other seeds) teaches through its averaged dense outputs only: the FPN features of separately
+trained networks are not comparable, so there is no feature term.
 """
 
 from __future__ import annotations
@@ -65,6 +69,40 @@ def dense_output_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch
     return loss
 
 
+class EnsembleTeacher(nn.Module):
+    """Trained detectors of one layout teaching as one (see ``average_dense_outputs``)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ModelError("an ensemble teacher needs at least two detectors")
+        for m in members:
+            if not hasattr(m, "backbone") or not hasattr(m, "head"):
+                raise ModelError("an ensemble teacher's members must be single-stage detectors with a backbone and head")
+        self.members = nn.ModuleList(members)
+
+
+def average_dense_outputs(heads: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The ensemble of several detectors' head outputs: class and centre-ness probabilities averaged
+    (returned as logits), box regressions averaged."""
+    keys = set(heads[0])
+    if any(set(h) != keys or any(h[k].shape != heads[0][k].shape for k in keys) for h in heads):
+        raise ModelError("the ensemble's detectors differ in classes or levels; ensemble detectors of one recipe")
+    out = {}
+    for k in keys:
+        stacked = torch.stack([h[k] for h in heads])
+        out[k] = stacked.mean(0) if k == "bbox_regression" else torch.logit(torch.sigmoid(stacked).mean(0), eps=1e-6)
+    return out
+
+
+def teacher_signals(teacher: nn.Module, images: torch.Tensor) -> tuple[list[torch.Tensor] | None, dict]:
+    """A teacher's FPN features (None for an ensemble) and dense outputs for a normalised batch."""
+    if isinstance(teacher, EnsembleTeacher):
+        return None, average_dense_outputs([m.head(list(m.backbone(images).values())) for m in teacher.members])
+    features = list(teacher.backbone(images).values())
+    return features, teacher.head(features)
+
+
 def check_distillable(student: nn.Module, teacher: nn.Module, size: int) -> None:
     """Raise ``ModelError`` unless ``teacher`` can teach ``student`` (same FPN levels and head shapes),
     found with one forward pass of a blank ``size`` x ``size`` image through both."""
@@ -87,7 +125,7 @@ class Distiller:
 
     def __init__(self, student: nn.Module, teacher: nn.Module, weight: float = 1.0):
         for name in ("backbone", "head"):
-            if not hasattr(student, name) or not hasattr(teacher, name):
+            if not hasattr(student, name) or not (hasattr(teacher, name) or isinstance(teacher, EnsembleTeacher)):
                 raise ModelError(f"distillation needs two single-stage detectors with a {name}")
         self.student, self.teacher, self.weight = student, teacher.eval(), weight
         for p in self.teacher.parameters():
@@ -108,10 +146,11 @@ class Distiller:
             raise ModelError("no student forward pass to distil: call the student first")
         seen, self._seen = self._seen, {}
         with torch.no_grad():
-            t_features = list(self.teacher.backbone(seen["input"]).values())
-            t_head = self.teacher.head(t_features)
-        return {"distill_features": self.weight * feature_imitation_loss(seen["features"], t_features),
-                "distill_outputs": self.weight * dense_output_loss(seen["head"], t_head)}
+            t_features, t_head = teacher_signals(self.teacher, seen["input"])
+        losses = {}
+        if t_features is not None:  # first: unlike FPNs are the plainer message
+            losses["distill_features"] = self.weight * feature_imitation_loss(seen["features"], t_features)
+        return losses | {"distill_outputs": self.weight * dense_output_loss(seen["head"], t_head)}
 
     def close(self) -> None:
         for h in self._hooks:
