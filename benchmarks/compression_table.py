@@ -208,6 +208,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for fine-tuning")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if not 1 <= args.steps <= args.epochs:
+        ap.error(f"--steps must be between 1 and --epochs ({args.epochs}): each step fine-tunes epochs/steps")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = view_rows(args) if args.kind == "view" else detector_rows(args)

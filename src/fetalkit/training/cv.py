@@ -94,8 +94,8 @@ def fold_teachers(distill_from: str | list[str], fold: int, held_out: set[str]) 
     be a run's checkpoint with its ``split.txt`` beside it that trained on none of the fold's
     held-out images (the teacher's own fold of a CV run with the same folds and split seed),
     else what the student learns from it would leak the held-out fold."""
-    paths = [distill_from] if isinstance(distill_from, str) else list(distill_from)
-    paths = [p.replace("{fold}", str(fold)) for p in paths]
+    from fetalkit.training.detect import teacher_paths
+    paths = [p.replace("{fold}", str(fold)) for p in teacher_paths(distill_from)]
     for p in paths:
         split = Path(p).parent / "split.txt"
         if not split.is_file():

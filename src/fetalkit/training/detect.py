@@ -362,10 +362,14 @@ def load_detector_checkpoint(path: Path):
     return model.eval(), cfg, ck
 
 
+def teacher_paths(distill_from: Union[str, list[str]]) -> list[str]:
+    """The checkpoints of ``DetTrainConfig.distill_from`` (one path or several) as a list."""
+    return [distill_from] if isinstance(distill_from, str) else list(distill_from)
+
+
 def load_teacher(distill_from: Union[str, list[str]]) -> torch.nn.Module:
     """The teacher of ``DetTrainConfig.distill_from``: one detector, or an ``EnsembleTeacher`` of several."""
-    paths = [distill_from] if isinstance(distill_from, str) else list(distill_from)
-    members = [load_detector_checkpoint(resolve_checkpoint(p))[0] for p in paths]
+    members = [load_detector_checkpoint(resolve_checkpoint(p))[0] for p in teacher_paths(distill_from)]
     return members[0] if len(members) == 1 else EnsembleTeacher(members)
 
 
