@@ -53,6 +53,28 @@ def _cv_record(tmp_path, name, ap_symphysis, held=(180, 220), mosaic=0.0, split_
     return tmp_path / name
 
 
+def test_cv_compare_pairs_only_the_folds_both_records_hold(tmp_path):
+    from fetalkit.errors import DataError
+    from fetalkit.training.cv import paired_differences, read_cv_record
+    base = read_cv_record(_cv_record(tmp_path, "base", [0.60, 0.50, 0.55], held=(180, 220, 200)))
+    part = read_cv_record(_cv_record(tmp_path, "part", [0.70, 0.40, 0.65], held=(180, 220, 200)))
+    part["folds"] = [part["folds"][0], part["folds"][2]]  # folds 0 and 2 of 3 scored so far
+    d = paired_differences(base, part)["ap_pubic_symphysis"]
+    assert d["folds"] == [0, 2] and d["diffs"] == pytest.approx([0.10, 0.10])
+    from fetalkit.training.cv import summarise_folds, write_cv_report
+    write_cv_report(part | {"summary": summarise_folds(part["folds"])}, tmp_path / "part")
+    r = fetalkit("eval", "cv-compare", tmp_path / "base", tmp_path / "part")
+    assert r.returncode == 0 and "paired over 2 folds (0, 2 of 3)" in r.stdout, r.stderr
+    part["folds"] = [part["folds"][1]]
+    part["folds"][0]["fold"] = 1  # the 200-scan fold under another number: not the same fold
+    with pytest.raises(DataError, match="not over the same folds"):
+        paired_differences(base, part)
+    base["folds"] = base["folds"][:1]
+    part["folds"][0] |= {"n_train": 180, "n_held_out": 220}
+    with pytest.raises(DataError, match="no scored fold in common"):
+        paired_differences(base, part)
+
+
 def test_cv_compare_pairs_the_folds_and_names_what_changed(tmp_path):
     base = _cv_record(tmp_path, "base", [0.60, 0.50])
     other = _cv_record(tmp_path, "mosaic", [0.63, 0.48], mosaic=0.5)
@@ -194,8 +216,21 @@ def test_cross_validation_distils_each_fold_from_its_own_folds_teachers(phantom_
     common = ("--cv", "2", "--epochs", "1", "--batch-size", "4", "--size", "128", "--init", "random",
               "--cv-category", "fetal_head", "--cv-sequences", "1")
     teacher = tmp_path / "teacher"
+    # trained in two goes (as a CV spread over sessions): fold 1 alone first, then the rest
+    r = fetalkit("train", "detector", "--data", phantom_set, "--out", teacher, *common, "--cv-only", "1")
+    assert r.returncode == 0, r.stderr
+    assert not (teacher / "fold0").exists() and "partial: folds 1 of 2" in r.stdout
+    partial = json.loads((teacher / "cv.json").read_text())
+    assert [row["fold"] for row in partial["folds"]] == [1] and partial["complete"] is False
     r = fetalkit("train", "detector", "--data", phantom_set, "--out", teacher, *common)
     assert r.returncode == 0, r.stderr
+    assert "fold 1: already scored" in r.stderr and "partial" not in r.stdout
+    whole = json.loads((teacher / "cv.json").read_text())
+    assert [row["fold"] for row in whole["folds"]] == [0, 1] and whole["complete"] is True
+    assert whole["folds"][1] == partial["folds"][0]
+    for bad in ("2", "0,x"):
+        r = fetalkit("train", "detector", "--data", phantom_set, "--out", tmp_path / "badfold", *common, "--cv-only", bad)
+        assert r.returncode != 0 and "--cv-only" in r.stdout + r.stderr and not (tmp_path / "badfold").exists()
     path = str(teacher / "fold{fold}" / "last.pt")
     student = tmp_path / "student"
     r = fetalkit("train", "detector", "--data", phantom_set, "--out", student, *common,

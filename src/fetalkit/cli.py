@@ -181,6 +181,7 @@ def train_detector_cmd(
     cv_category: str = typer.Option("pubic_symphysis", "--cv-category", help="With --cv: the class the video benchmark hides."),
     cv_sequences: int = typer.Option(40, "--cv-sequences", min=1, help="With --cv: simulated sequences per held-out fold (60 frames each)."),
     cv_flip: bool = typer.Option(False, "--cv-flip", help="With --cv: score with test-time flip averaging (the image and its mirror, boxes fused; twice the inference)."),
+    cv_only: Optional[str] = typer.Option(None, "--cv-only", help="With --cv: train only these folds, comma-separated (e.g. 0,1), to spread a CV over sessions or machines; folds already scored in --out are kept and summarised with them."),
 ):
     """Train a detector on your labelled boxes (split by group / image, seeded, resumable; COCO AP per epoch)."""
     _needs_training_extra()
@@ -192,7 +193,9 @@ def train_detector_cmd(
     teachers = list(distill_from or [])
     if any("{fold}" in t for t in teachers) and not cv:
         fail("--distill-from: '{fold}' in a path needs --cv K (each fold learns from its own fold's teacher)")
-    for checkpoint in [from_checkpoint, *sorted({t.replace("{fold}", str(i)) for t in teachers for i in range(cv or 1)})]:
+    only = _fold_choice(cv_only, cv)
+    for checkpoint in [from_checkpoint, *sorted({t.replace("{fold}", str(i)) for t in teachers
+                                                 for i in (only if only is not None else range(cv or 1))})]:
         if checkpoint:
             read_checkpoint_weights(checkpoint)  # a bad file is refused before the run folder is made
     distill_from = teachers[0] if len(teachers) == 1 else (teachers or None)  # one teacher: a path, as ever
@@ -206,7 +209,7 @@ def train_detector_cmd(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
     if cv:
-        _cross_validate(data, out_dir, cfg, cv, cv_conf, cv_iou, cv_category, cv_sequences, cv_flip)
+        _cross_validate(data, out_dir, cfg, cv, cv_conf, cv_iou, cv_category, cv_sequences, cv_flip, only)
         return
     with Progress(console=console) as bar:
         load = bar.add_task("reading data", total=None)
@@ -225,16 +228,34 @@ def train_detector_cmd(
         out.print(f"best val AP[.5:.95] {result['best']:.4f}; checkpoints and metrics in {out_dir}")
 
 
+def _fold_choice(text: Optional[str], k: int) -> Optional[list[int]]:
+    """--cv-only's fold numbers (None: every fold)."""
+    if text is None:
+        return None
+    if not k:
+        fail("--cv-only needs --cv K (it picks folds of a cross-validation)")
+    try:
+        folds = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        fail(f"--cv-only: give fold numbers separated by commas (e.g. 0,1), got {text!r}")
+    if not folds or folds[0] < 0 or folds[-1] >= k:
+        fail(f"--cv-only: fold numbers run from 0 to {k - 1} with --cv {k}, got {text!r}")
+    return folds
+
+
 def _cross_validate(data: Path, out_dir: Path, cfg, k: int, conf: float, iou: float, category: str,
-                    sequences: int, flip: bool) -> None:
+                    sequences: int, flip: bool, only: Optional[list[int]] = None) -> None:
     from fetalkit.training.cv import CvConfig, cross_validate_detector
     cv = CvConfig(folds=k, conf=conf, iou=iou, category=category, sequences=sequences, flip=flip)
 
     def on_epoch(row):
         loss = sum(v for key, v in row.items() if key.startswith("train_"))
         console.print(f"  epoch {row['epoch']:3d}  loss {loss:.4f}  ({row['seconds']} s)")
-    record = cross_validate_detector(data, out_dir, cfg, cv, progress=console.print, epoch_progress=on_epoch)
+    record = cross_validate_detector(data, out_dir, cfg, cv, progress=console.print, epoch_progress=on_epoch, only=only)
     summary, rows = record["summary"], record["folds"]
+    if not record["complete"]:
+        out.print(f"partial: folds {', '.join(str(r['fold']) for r in rows)} of {k} scored so far; "
+                  f"the others train with --cv-only or without it", highlight=False)
     shown = [f"ap_{c}" for c in cfg.categories] + [f"f1_{category}", f"fppi_{category}", "video_miss_rate_detector",
                                                    "video_miss_rate_held", "video_miss_reduction"]
     out.print(f"{k}-fold block cross-validation of {cfg.arch}, {cfg.epochs} epochs, conf {conf:g}"
@@ -327,7 +348,10 @@ def eval_cv_compare_cmd(
             failed += 1
             continue
         changes = recipe_changes(base, other)
-        out.print(f"{path} against {baseline}, paired over {len(base['folds'])} folds: "
+        paired = next(iter(diffs.values()))["folds"] if diffs else [r["fold"] for r in base["folds"]]
+        of_k = "" if len(paired) == base["recipe"].get("cv", {}).get("folds", len(paired)) else \
+            f" ({', '.join(map(str, paired))} of {base['recipe']['cv']['folds']})"
+        out.print(f"{path} against {baseline}, paired over {len(paired)} folds{of_k}: "
                   + (", ".join(f"{k} {a} -> {b}" for k, a, b in ((k, *v) for k, v in changes.items())) or "the same recipe"),
                   highlight=False, soft_wrap=True)
         if base.get("data") != other.get("data"):

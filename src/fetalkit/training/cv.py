@@ -17,6 +17,9 @@ With ``CvConfig.flip`` the same fold models are scored with test-time flip avera
 from its finished ``last.pt``).
 
 Then mean and sample sd over the folds.  Each fold is resumable and, once scored, skipped.
+``only`` trains a subset of the folds (a CV spread over sessions or machines: each trains its
+folds into one run folder, or into copies merged later); the record then says which folds it
+holds (``complete`` false until all K are scored).
 Two recipes are compared **paired** (:func:`paired_differences`, ``fetalkit eval cv-compare``):
 the folds differ far more than recipes do, so differences are taken fold by fold.
 """
@@ -27,7 +30,7 @@ import json
 from copy import deepcopy
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -110,9 +113,11 @@ def fold_teachers(distill_from: str | list[str], fold: int, held_out: set[str]) 
 
 def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
                             progress: Optional[Callable[[str], None]] = None,
-                            epoch_progress: Optional[Callable[[dict], None]] = None) -> dict:
-    """Train ``cfg`` (a ``DetTrainConfig``) on each fold and score its held-out fold; writes
-    ``foldN/`` runs, ``cv.json`` (per fold, mean, sd) and ``cv.csv``; returns the cv.json record."""
+                            epoch_progress: Optional[Callable[[dict], None]] = None,
+                            only: Optional[Iterable[int]] = None) -> dict:
+    """Train ``cfg`` (a ``DetTrainConfig``) on each fold (or the folds in ``only``) and score its
+    held-out fold; writes ``foldN/`` runs, ``cv.json`` (the scored folds, mean, sd) and ``cv.csv``;
+    returns the cv.json record.  Folds already scored with the same recipe are kept either way."""
     from fetalkit.detection.formats import read_detection_set
     from fetalkit.evaluation.detection import evaluate_detector
     from fetalkit.runtime.detector import FlipAveraged, OnnxDetector
@@ -132,10 +137,16 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
         folds = cv_folds(ds.groups(), cv.folds, cfg.data_split_seed)
     except ValueError as e:
         raise DataError(f"{data_dir}: {e}") from None
+    chosen = set(range(len(folds)) if only is None else only)
+    if chosen - set(range(len(folds))):
+        raise DataError(f"no fold {min(chosen - set(range(len(folds))))} in a {len(folds)}-fold cross-validation; "
+                        f"give fold numbers 0 to {len(folds) - 1}")
     teachers = [None] * len(folds)
-    if cfg.distill_from:  # every fold's teachers checked before any fold trains
+    if cfg.distill_from:  # every chosen fold's teachers checked before any fold trains
         student = build_detector(cfg.arch, len(cfg.categories), cfg.size, "random")
         for i, (_, held_idx) in enumerate(folds):
+            if i not in chosen:
+                continue
             teachers[i] = fold_teachers(cfg.distill_from, i, {ds.samples[j].file_name for j in held_idx})
             check_distillable(student, load_teacher(teachers[i]), cfg.size)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +159,8 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
         if done.is_file() and same_recipe(json.loads(done.read_text()).get("recipe", {}), recipe, type(cfg)):
             rows.append(json.loads(done.read_text())["metrics"])
             say(f"fold {i}: already scored")
+            continue
+        if i not in chosen:
             continue
         if data is None:
             say("reading and letterboxing the images")
@@ -171,7 +184,10 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
                    **video_metrics(held, detector, cv, cfg.seed + i)}
         done.write_text(json.dumps({"recipe": recipe, "metrics": metrics}, indent=1))
         rows.append(metrics)
-    record = {"data": str(data_dir), "recipe": recipe, "folds": rows, "summary": summarise_folds(rows)}
+    if not rows:
+        raise DataError(f"{out_dir}: no fold scored yet; give folds to train (or leave out the fold choice)")
+    record = {"data": str(data_dir), "recipe": recipe, "folds": rows, "complete": len(rows) == len(folds),
+              "summary": summarise_folds(rows)}
     write_cv_report(record, out_dir)
     return record
 
@@ -215,21 +231,27 @@ def recipe_changes(base: dict, other: dict) -> dict[str, tuple]:
 
 
 def paired_differences(base: dict, other: dict, keys: Optional[list[str]] = None) -> dict[str, dict]:
-    """Fold-by-fold differences ``other - base`` of two cv.json records over the same folds:
-    per figure the per-fold differences, their mean and sample sd, and in how many folds
-    ``other`` is higher / lower.  Records of different folds raise ``DataError``."""
-    rows_a, rows_b = base["folds"], other["folds"]
-    same_folds = ([(r["fold"], r["n_train"], r["n_held_out"]) for r in rows_a]
-                  == [(r["fold"], r["n_train"], r["n_held_out"]) for r in rows_b])
+    """Fold-by-fold differences ``other - base`` of two cv.json records over the folds both hold
+    (all K, unless one was trained in part): per figure the per-fold differences, their mean and
+    sample sd, and in how many folds ``other`` is higher / lower.  Records of different folds
+    (fold count, split seed, held-out sizes) or with no fold in common raise ``DataError``."""
+    fold_key = lambda r: (r["fold"], r["n_train"], r["n_held_out"])
     split_seed = lambda r: r["recipe"].get("train", {}).get("data_split_seed")
-    if not same_folds or split_seed(base) != split_seed(other):
+    fold_count = lambda r: r["recipe"].get("cv", {}).get("folds")
+    by_fold_b = {r["fold"]: r for r in other["folds"]}
+    rows_a = [r for r in base["folds"] if r["fold"] in by_fold_b]
+    rows_b = [by_fold_b[r["fold"]] for r in rows_a]
+    if (split_seed(base) != split_seed(other) or fold_count(base) != fold_count(other)
+            or any(fold_key(a) != fold_key(b) for a, b in zip(rows_a, rows_b))):
         raise DataError("the two cross-validations are not over the same folds (fold count, split seed or "
                         "held-out sizes differ): rerun one with the other's data, --cv K and split seed")
+    if not rows_a:
+        raise DataError("the two cross-validations have no scored fold in common: score the same folds (--cv-only)")
     keys = keys or [k for k in rows_a[0] if k.startswith("ap_") and not k.startswith("ap50_")] + list(COMPARED)
     keys = [k for k in keys if k in rows_a[0] and k in rows_b[0]]
     result = {}
     for k in keys:
         d = np.array([b[k] - a[k] for a, b in zip(rows_a, rows_b)], float)
-        result[k] = {"diffs": d.tolist(), "mean": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+        result[k] = {"folds": [r["fold"] for r in rows_a], "diffs": d.tolist(), "mean": float(d.mean()), "sd": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
                      "higher": int((d > 0).sum()), "lower": int((d < 0).sum())}
     return result
