@@ -258,7 +258,8 @@ def _cross_validate(data: Path, out_dir: Path, cfg, k: int, conf: float, iou: fl
                   f"the others train with --cv-only or without it", highlight=False)
     shown = [f"ap_{c}" for c in cfg.categories] + [f"f1_{category}", f"fppi_{category}", "video_miss_rate_detector",
                                                    "video_miss_rate_held", "video_miss_reduction"]
-    out.print(f"{k}-fold block cross-validation of {cfg.arch}, {cfg.epochs} epochs, conf {conf:g}"
+    scope = f"{k}-fold" if record["complete"] else f"{len(rows)} of {k} folds of"
+    out.print(f"{scope} block cross-validation of {cfg.arch}, {cfg.epochs} epochs, conf {conf:g}"
               + (", flip-averaged" if flip else "") + ": mean ± sd (per fold)")
     for key in shown:
         out.print(f"  {key:26s} {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f}   ("
