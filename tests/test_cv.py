@@ -106,6 +106,64 @@ def test_cv_compare_pairs_the_folds_and_names_what_changed(tmp_path):
     assert r.returncode == 1 and "no cv.json" in r.stderr and "Traceback" not in r.stderr
 
 
+def _fold_row(fold, n_held, ap):
+    """One fold's figures as `train detector --cv` records them (the keys the summary prints)."""
+    return {"fold": fold, "n_train": 600 - n_held, "n_held_out": n_held, "ap_pubic_symphysis": ap, "ap50_pubic_symphysis": 0.99,
+            "ap_fetal_head": 0.8, "f1_pubic_symphysis": 0.99, "fppi_pubic_symphysis": 0.01, "video_sequences": 40,
+            "video_miss_rate_detector": 0.03, "video_miss_rate_held": 0.01 * (fold + 1), "video_miss_reduction": 0.5}
+
+
+def test_cv_merge_joins_folds_scored_in_separate_runs(tmp_path):
+    from dataclasses import dataclass, asdict
+    from fetalkit.training.cv import CvConfig, same_recipe, summarise_folds, write_cv_report
+
+    @dataclass
+    class Recipe:  # stands in for the training config: what same_recipe compares
+        arch: str = "fcos-mnv2"
+        epochs: int = 3
+        mosaic: float = 0.0
+    recipe = {"train": asdict(Recipe()), "cv": asdict(CvConfig(folds=3))}
+
+    def run(name, rows, recipe=recipe, fold_dirs=True):
+        folder = tmp_path / name
+        write_cv_report({"data": "coco", "recipe": recipe, "folds": rows, "complete": False,
+                         "summary": summarise_folds(rows)}, folder)
+        for row in rows if fold_dirs else []:  # as a CV run leaves them: fold.json beside the fold's models
+            (folder / f"fold{row['fold']}").mkdir()
+            (folder / f"fold{row['fold']}" / "fold.json").write_text(json.dumps({"recipe": recipe, "metrics": row}))
+            (folder / f"fold{row['fold']}" / "detector.onnx").write_bytes(b"model %d" % row["fold"])
+        return folder
+    a = run("machine_a", [_fold_row(0, 180, 0.60), _fold_row(2, 200, 0.70)])
+    b = run("machine_b", [_fold_row(1, 220, 0.50)], fold_dirs=False) / "cv.json"  # only its record came back
+    out = tmp_path / "merged"
+    r = fetalkit("eval", "cv-merge", out, a, b)
+    assert r.returncode == 0, r.stderr
+    assert "3-fold block cross-validation of fcos-mnv2, 3 epochs" in r.stdout and "partial" not in r.stdout
+    assert "ap_pubic_symphysis         0.6000 ± 0.1000   (0.6000, 0.5000, 0.7000)" in r.stdout
+    record = json.loads((out / "cv.json").read_text())
+    assert record["complete"] is True and [row["fold"] for row in record["folds"]] == [0, 1, 2]
+    assert record["summary"]["video_miss_rate_held"]["mean"] == pytest.approx(0.02)
+    assert (out / "fold2" / "detector.onnx").read_bytes() == b"model 2"  # a fold's models come along
+    rebuilt = json.loads((out / "fold1" / "fold.json").read_text())  # from the bare record: resumable there
+    assert rebuilt["metrics"] == _fold_row(1, 220, 0.50) and same_recipe(rebuilt["recipe"], recipe, Recipe)
+    assert [ln.split(",")[0] for ln in (out / "cv.csv").read_text().splitlines()[1:]] == ["0", "1", "2", "mean", "sd"]
+    # a partial merge says so; merging into one of the runs works in place
+    r = fetalkit("eval", "cv-merge", a, a)
+    assert r.returncode == 0 and "partial: folds 0, 2 of 3" in r.stdout and "2 of 3 folds of" in r.stdout
+    # refused, nothing written: another recipe; a fold over other scans; one fold with two sets of figures
+    refused = tmp_path / "refused"
+    mosaic = run("mosaic", [_fold_row(1, 220, 0.55)], recipe={**recipe, "train": asdict(Recipe(mosaic=0.5))})
+    shifted = run("shifted", [_fold_row(1, 200, 0.50)])
+    twice = run("twice", [_fold_row(2, 200, 0.65)])
+    for other, message in ((mosaic, "another recipe than"), (shifted, "fold 1 holds other scans"),
+                           (twice, "fold 2 was also scored in")):
+        r = fetalkit("eval", "cv-merge", refused, a, b, other)
+        assert r.returncode == 1 and message in r.stderr and str(other) in r.stderr and "Traceback" not in r.stderr
+        assert not refused.exists()
+    r = fetalkit("eval", "cv-merge", refused, a, tmp_path / "missing")
+    assert r.returncode == 1 and "missing: no cv.json" in r.stderr and not refused.exists()
+
+
 torch = pytest.importorskip("torch")
 
 

@@ -252,15 +252,24 @@ def _cross_validate(data: Path, out_dir: Path, cfg, k: int, conf: float, iou: fl
         loss = sum(v for key, v in row.items() if key.startswith("train_"))
         console.print(f"  epoch {row['epoch']:3d}  loss {loss:.4f}  ({row['seconds']} s)")
     record = cross_validate_detector(data, out_dir, cfg, cv, progress=console.print, epoch_progress=on_epoch, only=only)
+    _print_cv_summary(record, out_dir)
+
+
+def _print_cv_summary(record: dict, out_dir: Path) -> None:
+    """A CV record's mean ± sd and per-fold figures (those of `train detector --cv` and `eval cv-merge`)."""
+    from dataclasses import asdict
+    from fetalkit.training.cv import CvConfig
     summary, rows = record["summary"], record["folds"]
+    train, cv = record["recipe"]["train"], {**asdict(CvConfig()), **record["recipe"]["cv"]}
+    k, category = cv["folds"], cv["category"]
     if not record["complete"]:
         out.print(f"partial: folds {', '.join(str(r['fold']) for r in rows)} of {k} scored so far; "
                   f"the others train with --cv-only or without it", highlight=False)
-    shown = [f"ap_{c}" for c in cfg.categories] + [f"f1_{category}", f"fppi_{category}", "video_miss_rate_detector",
-                                                   "video_miss_rate_held", "video_miss_reduction"]
+    shown = [key for key in rows[0] if key.startswith("ap_")] + [
+        f"f1_{category}", f"fppi_{category}", "video_miss_rate_detector", "video_miss_rate_held", "video_miss_reduction"]
     scope = f"{k}-fold" if record["complete"] else f"{len(rows)} of {k} folds of"
-    out.print(f"{scope} block cross-validation of {cfg.arch}, {cfg.epochs} epochs, conf {conf:g}"
-              + (", flip-averaged" if flip else "") + ": mean ± sd (per fold)")
+    out.print(f"{scope} block cross-validation of {train['arch']}, {train['epochs']} epochs, conf {cv['conf']:g}"
+              + (", flip-averaged" if cv.get("flip") else "") + ": mean ± sd (per fold)")
     for key in shown:
         out.print(f"  {key:26s} {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f}   ("
                   + ", ".join(f"{r[key]:.4f}" for r in rows) + ")")
@@ -369,6 +378,20 @@ def eval_cv_compare_cmd(
         out.print(f"wrote {csv_out}")
     if failed:
         raise typer.Exit(1)
+
+
+@eval_app.command("cv-merge")
+def eval_cv_merge_cmd(
+    out_dir: Path = typer.Argument(..., help="Run folder for the merged record (may be one of the runs)."),
+    runs: List[Path] = typer.Argument(..., help="Run folders (or cv.json) of one recipe's cross-validation, each holding some of its folds."),
+):
+    """One cross-validation from folds scored in several runs (sessions, machines): cv.json / cv.csv, resumable with --cv-only."""
+    from fetalkit.training.cv import merge_cv_runs
+    try:
+        record = merge_cv_runs(runs, out_dir)
+    except FetalkitError as e:
+        fail(str(e))
+    _print_cv_summary(record, out_dir)
 
 
 @eval_app.command("view")

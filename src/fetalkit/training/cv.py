@@ -18,8 +18,8 @@ from its finished ``last.pt``).
 
 Then mean and sample sd over the folds.  Each fold is resumable and, once scored, skipped.
 ``only`` trains a subset of the folds (a CV spread over sessions or machines: each trains its
-folds into one run folder, or into copies merged later); the record then says which folds it
-holds (``complete`` false until all K are scored).
+folds into one run folder, or into its own folder, merged later by :func:`merge_cv_runs`); the
+record then says which folds it holds (``complete`` false until all K are scored).
 Two recipes are compared **paired** (:func:`paired_differences`, ``fetalkit eval cv-compare``):
 the folds differ far more than recipes do, so differences are taken fold by fold.
 """
@@ -201,6 +201,47 @@ def write_cv_report(record: dict, out_dir: Path) -> None:
     table = rows + [{"fold": stat, **{k: v[stat] for k, v in summary.items()}} for stat in ("mean", "sd")]
     write_csv_rows(out_dir / "cv.csv", table, list(rows[0]))
     atomic_write_bytes(out_dir / "cv.json", json.dumps(record, indent=1).encode())
+
+
+def merge_cv_runs(runs: list[Path], out_dir: Path) -> dict:
+    """One record from the scored folds of several runs (or cv.json files) of one recipe, e.g. folds
+    trained on different machines; writes ``out_dir``'s cv.json / cv.csv and each fold's folder
+    (copied from its run, or its ``fold.json`` rebuilt from a bare cv.json), so ``--cv-only`` can
+    go on there.  Other recipes, other folds, or one fold scored twice with different figures
+    raise ``DataError`` and nothing is written."""
+    import shutil
+    records = [(Path(run), read_cv_record(Path(run))) for run in runs]
+    first_run, first = records[0]
+    fold_key = lambda r: (r["n_train"], r["n_held_out"])
+    rows: dict[int, tuple[Path, dict]] = {}
+    for run, record in records:
+        changes = recipe_changes(first, record)
+        if changes:
+            raise DataError(f"{run}: another recipe than {first_run} ({', '.join(changes)} differ); "
+                            f"merge only runs of one recipe")
+        for row in record["folds"]:
+            seen = rows.get(row["fold"])
+            if seen and fold_key(seen[1]) != fold_key(row):
+                raise DataError(f"{run}: fold {row['fold']} holds other scans than in {seen[0]} "
+                                f"(another data folder?); merge only runs over the same folds")
+            if seen and seen[1] != row:
+                raise DataError(f"{run}: fold {row['fold']} was also scored in {seen[0]} with other figures; "
+                                f"keep one of the two runs' fold{row['fold']}")
+            rows.setdefault(row["fold"], (run, row))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for fold, (run, row) in sorted(rows.items()):
+        source, target = (run if run.is_dir() else run.parent) / f"fold{fold}", out_dir / f"fold{fold}"
+        if (source / "fold.json").is_file() and source.resolve() != target.resolve():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        elif not (target / "fold.json").is_file():
+            target.mkdir(exist_ok=True)
+            (target / "fold.json").write_text(json.dumps({"recipe": first["recipe"], "metrics": row}, indent=1))
+    folds = [row for _, (_, row) in sorted(rows.items())]
+    k = first["recipe"].get("cv", {}).get("folds", len(folds))
+    record = {"data": first.get("data"), "recipe": first["recipe"], "folds": folds, "complete": len(folds) == k,
+              "summary": summarise_folds(folds)}
+    write_cv_report(record, out_dir)
+    return record
 
 
 # the figures `fetalkit eval cv-compare` shows by default, after AP[.5:.95] of every class
