@@ -122,7 +122,9 @@ def test_cv_merge_joins_folds_scored_in_separate_runs(tmp_path):
         arch: str = "fcos-mnv2"
         epochs: int = 3
         mosaic: float = 0.0
+        threads: int = 1
     recipe = {"train": asdict(Recipe()), "cv": asdict(CvConfig(folds=3))}
+    two_threads = {**recipe, "train": asdict(Recipe(threads=2))}  # another machine: the same recipe
 
     def run(name, rows, recipe=recipe, fold_dirs=True):
         folder = tmp_path / name
@@ -134,7 +136,7 @@ def test_cv_merge_joins_folds_scored_in_separate_runs(tmp_path):
             (folder / f"fold{row['fold']}" / "detector.onnx").write_bytes(b"model %d" % row["fold"])
         return folder
     a = run("machine_a", [_fold_row(0, 180, 0.60), _fold_row(2, 200, 0.70)])
-    b = run("machine_b", [_fold_row(1, 220, 0.50)], fold_dirs=False) / "cv.json"  # only its record came back
+    b = run("machine_b", [_fold_row(1, 220, 0.50)], recipe=two_threads, fold_dirs=False) / "cv.json"  # only its record came back
     out = tmp_path / "merged"
     r = fetalkit("eval", "cv-merge", out, a, b)
     assert r.returncode == 0, r.stderr
@@ -142,11 +144,17 @@ def test_cv_merge_joins_folds_scored_in_separate_runs(tmp_path):
     assert "ap_pubic_symphysis         0.6000 ± 0.1000   (0.6000, 0.5000, 0.7000)" in r.stdout
     record = json.loads((out / "cv.json").read_text())
     assert record["complete"] is True and [row["fold"] for row in record["folds"]] == [0, 1, 2]
+    assert record["recipe"]["train"]["threads"] == [1, 2] and record["recipe"]["train"]["mosaic"] == 0.0
     assert record["summary"]["video_miss_rate_held"]["mean"] == pytest.approx(0.02)
     assert (out / "fold2" / "detector.onnx").read_bytes() == b"model 2"  # a fold's models come along
     rebuilt = json.loads((out / "fold1" / "fold.json").read_text())  # from the bare record: resumable there
-    assert rebuilt["metrics"] == _fold_row(1, 220, 0.50) and same_recipe(rebuilt["recipe"], recipe, Recipe)
+    assert rebuilt["metrics"] == _fold_row(1, 220, 0.50) and rebuilt["recipe"]["train"]["threads"] == 2
+    assert same_recipe(rebuilt["recipe"], recipe, Recipe)  # a one-thread rerun there keeps the fold
+    assert not same_recipe(rebuilt["recipe"], {**recipe, "train": asdict(Recipe(mosaic=0.5))}, Recipe)
     assert [ln.split(",")[0] for ln in (out / "cv.csv").read_text().splitlines()[1:]] == ["0", "1", "2", "mean", "sd"]
+    again = tmp_path / "again"  # a merged record merges again
+    assert fetalkit("eval", "cv-merge", again, out, a).returncode == 0
+    assert json.loads((again / "cv.json").read_text())["recipe"]["train"]["threads"] == [1, 2]
     # a partial merge says so; merging into one of the runs works in place
     r = fetalkit("eval", "cv-merge", a, a)
     assert r.returncode == 0 and "partial: folds 0, 2 of 3" in r.stdout and "2 of 3 folds of" in r.stdout

@@ -77,11 +77,18 @@ def video_metrics(ds, detector, cv: CvConfig, seed: int) -> dict[str, float]:
             "video_false_masked_increase_pp": float(row["false_masked_increase_pp"])}
 
 
+# options that say how a fold runs, not what it learns: folds trained with other values (another
+# machine's core count) are still one recipe's; they change AP only by floating-point order
+RUN_ONLY = ("threads",)
+
+
 def same_recipe(stored: dict, recipe: dict, config_type) -> bool:
-    """Whether a scored fold used ``recipe``; options added since it was scored count at their defaults."""
+    """Whether a scored fold used ``recipe`` (``RUN_ONLY`` options aside); options added since it
+    was scored count at their defaults."""
+    learnt = lambda train: {k: v for k, v in train.items() if k not in RUN_ONLY}
     defaults = {k: v for k, v in asdict(config_type()).items() if k != "categories"}
     cv_defaults = asdict(CvConfig())
-    return ({**defaults, **stored.get("train", {})} == recipe["train"]
+    return (learnt({**defaults, **stored.get("train", {})}) == learnt(recipe["train"])
             and {**cv_defaults, **stored.get("cv", {})} == recipe["cv"])
 
 
@@ -207,15 +214,16 @@ def merge_cv_runs(runs: list[Path], out_dir: Path) -> dict:
     """One record from the scored folds of several runs (or cv.json files) of one recipe, e.g. folds
     trained on different machines; writes ``out_dir``'s cv.json / cv.csv and each fold's folder
     (copied from its run, or its ``fold.json`` rebuilt from a bare cv.json), so ``--cv-only`` can
-    go on there.  Other recipes, other folds, or one fold scored twice with different figures
-    raise ``DataError`` and nothing is written."""
+    go on there.  Other recipes (``RUN_ONLY`` options aside: the record then lists each value),
+    other folds, or one fold scored twice with different figures raise ``DataError`` and nothing
+    is written."""
     import shutil
     records = [(Path(run), read_cv_record(Path(run))) for run in runs]
     first_run, first = records[0]
     fold_key = lambda r: (r["n_train"], r["n_held_out"])
-    rows: dict[int, tuple[Path, dict]] = {}
+    rows: dict[int, tuple[Path, dict, dict]] = {}  # fold -> its run, figures, run's recipe
     for run, record in records:
-        changes = recipe_changes(first, record)
+        changes = [k for k in recipe_changes(first, record) if k not in RUN_ONLY]
         if changes:
             raise DataError(f"{run}: another recipe than {first_run} ({', '.join(changes)} differ); "
                             f"merge only runs of one recipe")
@@ -227,18 +235,24 @@ def merge_cv_runs(runs: list[Path], out_dir: Path) -> dict:
             if seen and seen[1] != row:
                 raise DataError(f"{run}: fold {row['fold']} was also scored in {seen[0]} with other figures; "
                                 f"keep one of the two runs' fold{row['fold']}")
-            rows.setdefault(row["fold"], (run, row))
+            rows.setdefault(row["fold"], (run, row, record["recipe"]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    for fold, (run, row) in sorted(rows.items()):
+    for fold, (run, row, fold_recipe) in sorted(rows.items()):
         source, target = (run if run.is_dir() else run.parent) / f"fold{fold}", out_dir / f"fold{fold}"
         if (source / "fold.json").is_file() and source.resolve() != target.resolve():
             shutil.copytree(source, target, dirs_exist_ok=True)
         elif not (target / "fold.json").is_file():
             target.mkdir(exist_ok=True)
-            (target / "fold.json").write_text(json.dumps({"recipe": first["recipe"], "metrics": row}, indent=1))
-    folds = [row for _, (_, row) in sorted(rows.items())]
+            (target / "fold.json").write_text(json.dumps({"recipe": fold_recipe, "metrics": row}, indent=1))
+    folds = [row for _, (_, row, _) in sorted(rows.items())]
     k = first["recipe"].get("cv", {}).get("folds", len(folds))
-    record = {"data": first.get("data"), "recipe": first["recipe"], "folds": folds, "complete": len(folds) == k,
+    recipe = deepcopy(first["recipe"])
+    for key in RUN_ONLY:  # a value per run where the runs differ, e.g. threads [1, 2]
+        values = [r["recipe"].get("train", {}).get(key) for _, r in records]
+        values = sorted({v for value in values for v in (value if isinstance(value, list) else [value])}, key=str)
+        if len(values) > 1:
+            recipe["train"][key] = values
+    record = {"data": first.get("data"), "recipe": recipe, "folds": folds, "complete": len(folds) == k,
               "summary": summarise_folds(folds)}
     write_cv_report(record, out_dir)
     return record
