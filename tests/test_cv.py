@@ -285,7 +285,7 @@ def test_cross_validation_distils_each_fold_from_its_own_folds_teachers(phantom_
     # trained in two goes (as a CV spread over sessions): fold 1 alone first, then the rest
     r = fetalkit("train", "detector", "--data", phantom_set, "--out", teacher, *common, "--cv-only", "1")
     assert r.returncode == 0, r.stderr
-    assert not (teacher / "fold0").exists() and "partial: folds 1 of 2" in r.stdout
+    assert not (teacher / "fold0").exists() and "partial: fold 1 of 2" in r.stdout
     assert "1 of 2 folds of block cross-validation" in " ".join(r.stdout.split())
     partial = json.loads((teacher / "cv.json").read_text())
     assert [row["fold"] for row in partial["folds"]] == [1] and partial["complete"] is False

@@ -263,7 +263,7 @@ def _print_cv_summary(record: dict, out_dir: Path) -> None:
     train, cv = record["recipe"]["train"], {**asdict(CvConfig()), **record["recipe"]["cv"]}
     k, category = cv["folds"], cv["category"]
     if not record["complete"]:
-        out.print(f"partial: folds {', '.join(str(r['fold']) for r in rows)} of {k} scored so far; "
+        out.print(f"partial: fold{'s' if len(rows) > 1 else ''} {', '.join(str(r['fold']) for r in rows)} of {k} scored so far; "
                   f"the others train with --cv-only or without it", highlight=False)
     shown = [key for key in rows[0] if key.startswith("ap_")] + [
         f"f1_{category}", f"fppi_{category}", "video_miss_rate_detector", "video_miss_rate_held", "video_miss_reduction"]
