@@ -168,6 +168,9 @@ def test_cv_merge_joins_folds_scored_in_separate_runs(tmp_path):
         r = fetalkit("eval", "cv-merge", refused, a, b, other)
         assert r.returncode == 1 and message in r.stderr and str(other) in r.stderr and "Traceback" not in r.stderr
         assert not refused.exists()
+    r = fetalkit("eval", "cv-merge", twice, a)  # a folder holding another CV, not named among the runs
+    assert r.returncode == 1 and "already holds a cross-validation" in r.stderr
+    assert json.loads((twice / "fold2" / "fold.json").read_text())["metrics"]["ap_pubic_symphysis"] == 0.65
     r = fetalkit("eval", "cv-merge", refused, a, tmp_path / "missing")
     assert r.returncode == 1 and "missing: no cv.json" in r.stderr and not refused.exists()
 

@@ -218,8 +218,13 @@ def merge_cv_runs(runs: list[Path], out_dir: Path) -> dict:
     other folds, or one fold scored twice with different figures raise ``DataError`` and nothing
     is written."""
     import shutil
+    from fetalkit.io.images import atomic_write_bytes
     records = [(Path(run), read_cv_record(Path(run))) for run in runs]
     first_run, first = records[0]
+    listed = {(run if run.is_dir() else run.parent).resolve() for run, _ in records}
+    if (out_dir / "cv.json").is_file() and out_dir.resolve() not in listed:
+        raise DataError(f"{out_dir}: already holds a cross-validation; name it among the runs to merge "
+                        f"into it, or give an empty folder")
     fold_key = lambda r: (r["n_train"], r["n_held_out"])
     rows: dict[int, tuple[Path, dict, dict]] = {}  # fold -> its run, figures, run's recipe
     for run, record in records:
@@ -243,7 +248,7 @@ def merge_cv_runs(runs: list[Path], out_dir: Path) -> dict:
             shutil.copytree(source, target, dirs_exist_ok=True)
         elif not (target / "fold.json").is_file():
             target.mkdir(exist_ok=True)
-            (target / "fold.json").write_text(json.dumps({"recipe": fold_recipe, "metrics": row}, indent=1))
+            atomic_write_bytes(target / "fold.json", json.dumps({"recipe": fold_recipe, "metrics": row}, indent=1).encode())
     folds = [row for _, (_, row, _) in sorted(rows.items())]
     k = first["recipe"].get("cv", {}).get("folds", len(folds))
     recipe = deepcopy(first["recipe"])
