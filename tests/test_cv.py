@@ -245,6 +245,17 @@ def test_two_fold_cross_validation_on_phantom_scans(phantom_set, tmp_path):
     again = fetalkit(*args)
     assert again.returncode == 0 and again.stderr.count("already scored") == 2
     assert json.loads((out / "cv.json").read_text())["folds"] == rows
+    # the record says how its folds ran, not how the latest command would have: a rerun on one
+    # thread keeps both folds and still reads 2; a fold scored on 1 thread elsewhere makes it [1, 2]
+    again = fetalkit(*args, "--threads", "1")
+    assert again.returncode == 0 and again.stderr.count("already scored") == 2, again.stderr
+    assert json.loads((out / "cv.json").read_text())["recipe"]["train"]["threads"] == 2
+    fold1 = json.loads((out / "fold1" / "fold.json").read_text())
+    fold1["recipe"]["train"]["threads"] = 1
+    (out / "fold1" / "fold.json").write_text(json.dumps(fold1))
+    again = fetalkit(*args)
+    assert again.returncode == 0 and again.stderr.count("already scored") == 2, again.stderr
+    assert json.loads((out / "cv.json").read_text())["recipe"]["train"]["threads"] == [1, 2]
     # the same fold models scored with flip averaging, in a copy: each fold resumes from its
     # finished last.pt, so nothing trains again; the figures are the flip-averaged detector's
     flipped = tmp_path / "cv_flip"

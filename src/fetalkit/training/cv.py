@@ -92,6 +92,19 @@ def same_recipe(stored: dict, recipe: dict, config_type) -> bool:
             and {**cv_defaults, **stored.get("cv", {})} == recipe["cv"])
 
 
+def with_run_values(recipe: dict, recipes: list[dict]) -> dict:
+    """``recipe`` with each ``RUN_ONLY`` option as the folds' ``recipes`` ran it: their one value,
+    or the sorted list where they differ (e.g. threads [1, 2]), so a record says how its folds
+    ran rather than how the latest command would have."""
+    recipe = deepcopy(recipe)
+    for key in RUN_ONLY:
+        values = [r.get("train", {}).get(key) for r in recipes if key in r.get("train", {})]
+        values = sorted({v for value in values for v in (value if isinstance(value, list) else [value])}, key=str)
+        if values:
+            recipe["train"][key] = values if len(values) > 1 else values[0]
+    return recipe
+
+
 def summarise_folds(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Mean and sample sd (ddof 1) of every figure over the folds."""
     keys = [k for k in rows[0] if k != "fold"]
@@ -159,12 +172,14 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe = {"train": {k: v for k, v in asdict(cfg).items() if k != "categories"}, "cv": asdict(cv)}
     data = None  # letterboxed once, only if a fold still has to train
-    rows = []
+    rows, fold_recipes = [], []
     for i, (train_idx, held_idx) in enumerate(folds):
         fold_dir = out_dir / f"fold{i}"
         done = fold_dir / "fold.json"
-        if done.is_file() and same_recipe(json.loads(done.read_text()).get("recipe", {}), recipe, type(cfg)):
-            rows.append(json.loads(done.read_text())["metrics"])
+        stored = json.loads(done.read_text()) if done.is_file() else {}
+        if stored and same_recipe(stored.get("recipe", {}), recipe, type(cfg)):
+            rows.append(stored["metrics"])
+            fold_recipes.append(stored["recipe"])
             say(f"fold {i}: already scored")
             continue
         if i not in chosen:
@@ -191,9 +206,11 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
                    **video_metrics(held, detector, cv, cfg.seed + i)}
         done.write_text(json.dumps({"recipe": recipe, "metrics": metrics}, indent=1))
         rows.append(metrics)
+        fold_recipes.append(recipe)
     if not rows:
         raise DataError(f"{out_dir}: no fold scored yet; give folds to train (or leave out the fold choice)")
-    record = {"data": str(data_dir), "recipe": recipe, "folds": rows, "complete": len(rows) == len(folds),
+    record = {"data": str(data_dir), "recipe": with_run_values(recipe, fold_recipes), "folds": rows,
+              "complete": len(rows) == len(folds),
               "summary": summarise_folds(rows)}
     write_cv_report(record, out_dir)
     return record
@@ -251,12 +268,7 @@ def merge_cv_runs(runs: list[Path], out_dir: Path) -> dict:
             atomic_write_bytes(target / "fold.json", json.dumps({"recipe": fold_recipe, "metrics": row}, indent=1).encode())
     folds = [row for _, (_, row, _) in sorted(rows.items())]
     k = first["recipe"].get("cv", {}).get("folds", len(folds))
-    recipe = deepcopy(first["recipe"])
-    for key in RUN_ONLY:  # a value per run where the runs differ, e.g. threads [1, 2]
-        values = [r["recipe"].get("train", {}).get(key) for _, r in records]
-        values = sorted({v for value in values for v in (value if isinstance(value, list) else [value])}, key=str)
-        if len(values) > 1:
-            recipe["train"][key] = values
+    recipe = with_run_values(first["recipe"], [r["recipe"] for _, r in records])
     record = {"data": first.get("data"), "recipe": recipe, "folds": folds, "complete": len(folds) == k,
               "summary": summarise_folds(folds)}
     write_cv_report(record, out_dir)
