@@ -240,6 +240,14 @@ def test_two_fold_cross_validation_on_phantom_scans(phantom_set, tmp_path):
         assert record["summary"][key]["sd"] == pytest.approx(np.std(values, ddof=1))
     table = (out / "cv.csv").read_text().splitlines()
     assert [ln.split(",")[0] for ln in table[1:]] == ["0", "1", "mean", "sd"]
+    # the doc table: a row per fold and the mean ± sd row, with the record's figures
+    md = (out / "cv.md").read_text().splitlines()
+    assert md[0].startswith("| fold | held-out images | pubic symphysis AP | fetal head AP | fetal head F1")
+    assert [ln.split("|")[1].strip() for ln in md[2:]] == ["0", "1", "**mean ± sd**"]
+    assert md[2].split("|")[4].strip() == f"{rows[0]['ap_fetal_head']:.3f}"
+    head = record["summary"]["ap_fetal_head"]
+    assert md[4].split("|")[4].strip() == f"**{head['mean']:.3f}** ± {head['sd']:.3f}"
+    assert md[3].split("|")[-4].strip() == f"{100 * rows[1]['video_miss_rate_held']:.2f} %"
     assert "mean ± sd" in r.stdout
     # a rerun of the same recipe scores nothing again
     again = fetalkit(*args)

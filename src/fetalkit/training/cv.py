@@ -216,14 +216,41 @@ def cross_validate_detector(data_dir: Path, out_dir: Path, cfg, cv: CvConfig,
     return record
 
 
+def _cell(fmt: str, value: float) -> str:
+    return f"{100 * value:.{fmt[-1]}f} %" if fmt.startswith("%") else f"{value:.{fmt}f}"
+
+
+def cv_markdown(record: dict) -> str:
+    """The record as the Markdown table the docs show: a row per fold, then mean ± sd
+    (AP per class, the video class's F1 and FPPI, the video figures in %), so a table
+    in a doc is pasted from the record, never retyped."""
+    category = {**asdict(CvConfig()), **record["recipe"].get("cv", {})}["category"]
+    rows, summary = record["folds"], record["summary"]
+    columns = [(k, k[3:].replace("_", " ") + " AP", "3") for k in rows[0] if k.startswith("ap_")] + [
+        (f"f1_{category}", category.replace("_", " ") + " F1", "3"),
+        (f"fppi_{category}", category.replace("_", " ") + " FPPI", "3"),
+        ("video_miss_rate_detector", "missed alone", "%2"), ("video_miss_rate_held", "missed after BBoxHoldSim", "%2"),
+        ("video_miss_reduction", "reduction", "%1"), ("video_false_masked_increase_pp", "false-masked +pp", "2")]
+    columns = [c for c in columns if c[0] in rows[0]]
+    lines = ["| fold | held-out images | " + " | ".join(name for _, name, _ in columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
+    lines += [f"| {r['fold']} | {r['n_held_out']} | " + " | ".join(_cell(f, r[k]) for k, _, f in columns) + " |"
+              for r in rows]
+    scope = "mean ± sd" if record.get("complete") else f"mean ± sd, folds {', '.join(str(r['fold']) for r in rows)}"
+    lines.append(f"| **{scope}** | | " + " | ".join(f"**{_cell(f, summary[k]['mean'])}** ± {_cell(f, summary[k]['sd'])}"
+                                                   for k, _, f in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_cv_report(record: dict, out_dir: Path) -> None:
-    """``cv.json`` and ``cv.csv``: one row per fold, then the mean and sd rows."""
+    """``cv.json``, ``cv.csv`` (one row per fold, then the mean and sd rows) and ``cv.md`` (the table for a doc)."""
     from fetalkit.io.images import atomic_write_bytes
     from fetalkit.io.jobs import write_csv_rows
     rows = record["folds"]
     summary = record["summary"]
     table = rows + [{"fold": stat, **{k: v[stat] for k, v in summary.items()}} for stat in ("mean", "sd")]
     write_csv_rows(out_dir / "cv.csv", table, list(rows[0]))
+    atomic_write_bytes(out_dir / "cv.md", cv_markdown(record).encode())
     atomic_write_bytes(out_dir / "cv.json", json.dumps(record, indent=1).encode())
 
 
