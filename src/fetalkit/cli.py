@@ -274,7 +274,7 @@ def _print_cv_summary(record: dict, out_dir: Path) -> None:
         out.print(f"  {key:26s} {summary[key]['mean']:.4f} ± {summary[key]['sd']:.4f}   ("
                   + ", ".join(f"{r[key]:.4f}" for r in rows) + ")")
     out.print(f"video: share of target frames shown unmasked (detector alone -> BBoxHoldSim) over "
-              f"{int(sum(r['video_sequences'] for r in rows))} sequences; wrote {out_dir / 'cv.json'} and {out_dir / 'cv.csv'}")
+              f"{int(sum(r['video_sequences'] for r in rows))} sequences; wrote {out_dir / 'cv.json'}, cv.csv and cv.md")
 
 
 @train_app.command("view")
