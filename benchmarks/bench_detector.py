@@ -4,7 +4,7 @@ All three paths do letterbox -> network -> per-class NMS on one image at a time;
 torch path runs the same trained network (the checkpoint) in eager mode.
 
     python benchmarks/bench_detector.py --model M.onnx [--int8 M-int8.onnx] [--checkpoint best.pt]
-        [--peer OTHER.onnx] [--data COCO_DIR --split test] [--n 200] [--threads 2] [--rounds 5] [--update-card]
+        [--peer OTHER.onnx] [--arch fcos-mnv2-s32 ...] [--data COCO_DIR --split test] [--n 200] [--threads 2] [--rounds 5] [--update-card]
 
 The paths take turns over ``--rounds`` passes; prints median ms/image, images/s and the
 ratio against torch eager (and INT8 against FP32),
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -48,12 +50,32 @@ def timed(fns: dict, images, rounds: int, warmup=5) -> dict:
     return {name: (float(np.median(times[name]) * 1000), float(np.median(rates[name]))) for name in fns}
 
 
+def untrained_onnx(arch: str, like: OnnxDetector, out_dir: Path) -> Path:
+    """An untrained ``arch`` with ``like``'s classes and input size, exported as a run would be
+    (its speed is a trained one's; its scores are random, so it is timed without NMS)."""
+    from dataclasses import asdict
+
+    import torch
+    from fetalkit.training.detect import DetTrainConfig
+    from fetalkit.training.detectors import build_detector
+    from fetalkit.training.export import export_detector
+    cfg = DetTrainConfig(arch=arch, size=like.spec.size, categories=list(like.classes), init="random")
+    model = build_detector(arch, len(cfg.categories), cfg.size, "random")
+    checkpoint = out_dir / f"{arch}.pt"
+    torch.save({"config": asdict(cfg), "model": model.state_dict(), "epoch": 0}, checkpoint)
+    export_detector(checkpoint, out_dir / f"{arch}.onnx")
+    return out_dir / f"{arch}.onnx"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="FP32 detector (.onnx or bundled name)")
     ap.add_argument("--int8", default=None, help="INT8 detector (.onnx or bundled name)")
     ap.add_argument("--checkpoint", default=None, help="The run's best.pt, for the torch eager path")
     ap.add_argument("--peer", default=None, help="Another ONNX detector (e.g. YOLO11n), timed without NMS")
+    ap.add_argument("--arch", action="append", default=[],
+                    help="Also time an untrained copy of this architecture (fetalkit.training.detectors.DET_ARCHS; "
+                         "repeatable) at the model's input size, network only: a candidate's cost before training it")
     ap.add_argument("--data", default=None, help="Label set for images and AP (default: PSFHS images)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--seed", type=int, default=0)
@@ -109,15 +131,21 @@ def main() -> None:
     for name, ms, r in rows:
         print(f"{name:20s} {ms:9.2f} {r:9.1f} {r / base:18.2f} {r / fp32_rate:8.2f}")
 
-    if args.peer:
-        peer = OnnxDetector(args.peer, threads=args.threads)
-        nets = [(fp32.path.name, fp32), *([(int8.path.name, int8)] if int8 else []), (peer.path.name + " (peer)", peer)]
+    if args.peer or args.arch:
+        nets = [(fp32.path.name, fp32), *([(int8.path.name, int8)] if int8 else [])]
+        peer = OnnxDetector(args.peer, threads=args.threads) if args.peer else None
+        if peer:
+            nets.append((peer.path.name + " (peer)", peer))
+        tmp = tempfile.TemporaryDirectory()
+        for arch in args.arch:
+            nets.append((f"{arch} (untrained)", OnnxDetector(untrained_onnx(arch, fp32, Path(tmp.name)), threads=args.threads)))
         net_rows = [(name, *v) for name, v in timed({n: d.candidates for n, d in nets}, images, args.rounds).items()]
-        print(f"letterbox + network + box decoding (no NMS), {args.threads} threads; peer {peer.path.name}: "
-              f"input {peer.spec.size}x{peer.spec.size}, layout {peer.spec.layout}")
-        print(f"{'model':40s} {'ms/image':>9s} {'images/s':>9s} {'vs peer':>8s}")
+        peer_rate = next((r for n, _, r in net_rows if n.endswith(" (peer)")), None)
+        print(f"letterbox + network + box decoding (no NMS), {args.threads} threads"
+              + (f"; peer {peer.path.name}: input {peer.spec.size}x{peer.spec.size}, layout {peer.spec.layout}" if peer else ""))
+        print(f"{'model':40s} {'ms/image':>9s} {'images/s':>9s} {'vs FP32':>8s}" + (f" {'vs peer':>8s}" if peer else ""))
         for name, ms, r in net_rows:
-            print(f"{name:40s} {ms:9.2f} {r:9.1f} {r / net_rows[-1][2]:8.2f}")
+            print(f"{name:40s} {ms:9.2f} {r:9.1f} {r / net_rows[0][2]:8.2f}" + (f" {r / peer_rate:8.2f}" if peer else ""))
 
     aps = {}
     if ds is not None:

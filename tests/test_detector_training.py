@@ -173,7 +173,7 @@ def test_export_parity_int8_and_runtime(trained, blob_set, tmp_path):
     assert tail and not [n.name for n in tail if dequantized & set(n.input)]
 
 
-@pytest.mark.parametrize("arch", ["fcos-mnv2", "fcos-mnv2-bn", "retinanet-mnv2"])
+@pytest.mark.parametrize("arch", ["fcos-mnv2", "fcos-mnv2-bn", "fcos-mnv2-s32", "fcos-mnv2-w64", "retinanet-mnv2"])
 def test_export_anchors_are_torchvisions(arch):
     """The in-graph anchors of the export equal torchvision's own on a square input."""
     from torchvision.models.detection.image_list import ImageList

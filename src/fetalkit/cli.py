@@ -154,7 +154,7 @@ def train_psfhs_seg_cmd(
 def train_detector_cmd(
     data: Path = typer.Option(..., "--data", help="COCO folder (annotations.json + images/) or YOLO folder, e.g. from 'fetalkit data boxes'."),
     out_dir: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.csv, metrics.png, split.txt."),
-    arch: str = typer.Option("fcos-mnv2", help="Architecture (fetalkit.training.detectors.DET_ARCHS): fcos-mnv2, fcos-mnv2-bn, retinanet-mnv2, fasterrcnn-mnv2."),
+    arch: str = typer.Option("fcos-mnv2", help="Architecture (fetalkit.training.detectors.DET_ARCHS): fcos-mnv2, fcos-mnv2-bn, fcos-mnv2-s32, fcos-mnv2-w64, retinanet-mnv2, fasterrcnn-mnv2."),
     init: str = typer.Option("imagenet", help="Backbone initialisation: imagenet (offline weights) or random."),
     from_checkpoint: Optional[str] = typer.Option(None, "--from-checkpoint", help="Fine-tune a trained detector: a run's best.pt, or psfhs-fcos-mnv2 (the bundled one). Weights are loaded wherever names and shapes agree (other classes get a new class layer); a GroupNorm head carries over into fcos-mnv2-bn's BatchNorm head."),
     epochs: int = typer.Option(16, min=1),

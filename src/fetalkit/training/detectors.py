@@ -61,12 +61,15 @@ def _transform_kwargs(size: int) -> dict:
     return dict(min_size=size, max_size=size, image_mean=[GRAY_MEAN], image_std=[GRAY_STD])
 
 
-def _fcos(num_classes: int, size: int, init: str) -> nn.Module:
-    backbone = mobilenet_v2_fpn(32, LastLevelP6P7(32, 32), init, last_stride=16)
-    # Levels at strides 8, 16, 32, 64; FCOS sends an object to the level whose range
-    # (4..8 x the level's size) holds its largest centre-to-edge distance.
+def _fcos(num_classes: int, size: int, init: str, channels: int = 32, last_stride: int = 16) -> nn.Module:
+    # Levels at strides 8, 16, 32, 64 either way: to stride 16 the trunk gives P3-P4 and strided
+    # convolutions on P4 give P5-P6; to stride 32 it gives P3-P5 and a max-pool gives P6.
+    # FCOS sends an object to the level whose range (4..8 x the level's size) holds its
+    # largest centre-to-edge distance.
+    extra = LastLevelP6P7(channels, channels) if last_stride == 16 else LastLevelMaxPool()
+    backbone = mobilenet_v2_fpn(channels, extra, init, last_stride=last_stride)
     anchors = AnchorGenerator(((8,), (16,), (32,), (64,)), ((1.0,),) * 4)
-    head = FCOSHead(32, num_anchors=1, num_classes=num_classes + 1, num_convs=2)
+    head = FCOSHead(channels, num_anchors=1, num_classes=num_classes + 1, num_convs=2)
     return FCOS(backbone, num_classes + 1, anchor_generator=anchors, head=head, score_thresh=0.01, nms_thresh=0.6,
                 detections_per_img=50, topk_candidates=200, **_transform_kwargs(size))
 
@@ -199,6 +202,10 @@ DET_ARCHS: dict[str, DetArch] = {
                          "FCOS, MobileNetV2 to stride 16 + 32-channel FPN (P3-P6), 2-conv head: the fast model"),
     "fcos-mnv2-bn": DetArch("fcos-mnv2-bn", _fcos_bn, True,
                             "fcos-mnv2 with a per-level BatchNorm head (padding-independent, all-INT8)"),
+    "fcos-mnv2-s32": DetArch("fcos-mnv2-s32", lambda n, size, init: _fcos(n, size, init, last_stride=32), True,
+                             "fcos-mnv2 with the trunk to stride 32 (the 160/320-channel stages give P5): a larger candidate"),
+    "fcos-mnv2-w64": DetArch("fcos-mnv2-w64", lambda n, size, init: _fcos(n, size, init, channels=64), True,
+                             "fcos-mnv2 with a 64-channel FPN and head: a larger candidate"),
     "retinanet-mnv2": DetArch("retinanet-mnv2", _retinanet, True,
                               "RetinaNet, MobileNetV2 + 64-channel FPN (P3-P7), 9 anchors per place"),
     "fasterrcnn-mnv2": DetArch("fasterrcnn-mnv2", _faster_rcnn, False,
