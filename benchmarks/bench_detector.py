@@ -140,6 +140,7 @@ def main() -> None:
         for arch in args.arch:
             nets.append((f"{arch} (untrained)", OnnxDetector(untrained_onnx(arch, fp32, Path(tmp.name)), threads=args.threads)))
         net_rows = [(name, *v) for name, v in timed({n: d.candidates for n, d in nets}, images, args.rounds).items()]
+        tmp.cleanup()
         peer_rate = next((r for n, _, r in net_rows if n.endswith(" (peer)")), None)
         print(f"letterbox + network + box decoding (no NMS), {args.threads} threads"
               + (f"; peer {peer.path.name}: input {peer.spec.size}x{peer.spec.size}, layout {peer.spec.layout}" if peer else ""))

@@ -10,6 +10,7 @@ operating point can change without a new export.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -202,9 +203,9 @@ DET_ARCHS: dict[str, DetArch] = {
                          "FCOS, MobileNetV2 to stride 16 + 32-channel FPN (P3-P6), 2-conv head: the fast model"),
     "fcos-mnv2-bn": DetArch("fcos-mnv2-bn", _fcos_bn, True,
                             "fcos-mnv2 with a per-level BatchNorm head (padding-independent, all-INT8)"),
-    "fcos-mnv2-s32": DetArch("fcos-mnv2-s32", lambda n, size, init: _fcos(n, size, init, last_stride=32), True,
+    "fcos-mnv2-s32": DetArch("fcos-mnv2-s32", partial(_fcos, last_stride=32), True,
                              "fcos-mnv2 with the trunk to stride 32 (the 160/320-channel stages give P5): a larger candidate"),
-    "fcos-mnv2-w64": DetArch("fcos-mnv2-w64", lambda n, size, init: _fcos(n, size, init, channels=64), True,
+    "fcos-mnv2-w64": DetArch("fcos-mnv2-w64", partial(_fcos, channels=64), True,
                              "fcos-mnv2 with a 64-channel FPN and head: a larger candidate"),
     "retinanet-mnv2": DetArch("retinanet-mnv2", _retinanet, True,
                               "RetinaNet, MobileNetV2 + 64-channel FPN (P3-P7), 9 anchors per place"),
