@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fetalkit.training.compress import (count_macs, detector_ignored_layers, latency_ms, peak_inference_mb,
-                                        prune_channels, step_ratios, view_ignored_layers)
+from fetalkit.training.compress import (channel_ratio_for_params, count_macs, detector_ignored_layers, latency_ms,
+                                        peak_inference_mb, prune_channels, step_ratios, view_ignored_layers)
 from fetalkit.training.models import count_parameters
 
 RATIOS = (0.3, 0.5, 0.7)
@@ -43,6 +43,23 @@ def measure(onnx_path: Path, model, example: torch.Tensor, feed: dict, runs: int
             "onnx_mb": onnx_path.stat().st_size / 2**20,
             "peak_mb": peak_inference_mb(onnx_path, tuple(next(iter(feed.values())).shape)),
             "ms": latency_ms(onnx_path, feed, runs=runs)}
+
+
+def channel_ratio(args, model, prune_copy, ratio: float) -> float:
+    """The channel ratio that ``ratio`` asks for: itself (``--ratio-of channels``), or the one that removes
+    ``ratio`` of the parameters (``--ratio-of params``, the FPUS23 paper's meaning), found on copies."""
+    if args.ratio_of == "channels":
+        return ratio
+
+    def params_left(r: float) -> int:
+        return count_parameters(prune_copy(copy.deepcopy(model), r))
+    found = channel_ratio_for_params(params_left, count_parameters(model), ratio)
+    print(f"{ratio:.0%} of the parameters: {found:.3f} of the channels", flush=True)
+    return found
+
+
+def pruning_fields(args, ratio: float, channels: float) -> dict:
+    return {"pruned": ratio, "pruned_of": args.ratio_of, "pruned_channels": channels}
 
 
 # --------------------------------------------------------------------------- view classifier
@@ -70,23 +87,27 @@ def view_rows(args) -> list[dict]:
         return {"test_accuracy": float((pred == labels["test"]).mean()),
                 "test_macro_f1": macro_f1(labels["test"], pred, len(classes))}
 
+    def prune_copy(net, r):
+        return prune_channels(net, example, r, view_ignored_layers(net), global_ranking=args.global_ranking)
+
     rows = []
     for ratio in (0.0, *args.ratios):
         net = copy.deepcopy(model)
+        channels = channel_ratio(args, model, prune_copy, ratio) if ratio else 0.0
         if ratio:
-            prune_channels(net, example, ratio, view_ignored_layers(net), global_ranking=args.global_ranking)
+            prune_copy(net, channels)
             tune = ViewTrainConfig(arch=cfg["arch"], size_px=size, epochs=args.epochs, batch_size=cfg["batch_size"],
                                    lr=args.lr, seed=cfg["seed"])
             out = args.out / f"view_p{int(ratio * 100)}"
             fit(arrays["train"], labels["train"], arrays["val"], labels["val"], classes, tune, out, model=net)
             net.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
         fp32 = args.out / f"view_p{int(ratio * 100)}.onnx"
-        export_view(net.eval(), classes, size, fp32, {"arch": cfg["arch"], "pruned_channels": ratio})
+        export_view(net.eval(), classes, size, fp32, {"arch": cfg["arch"], **pruning_fields(args, ratio, channels)})
         int8 = fp32.with_name(fp32.stem + "-int8.onnx")
         rng = np.random.default_rng(0)
         quantize_view(fp32, int8, arrays["train"][rng.permutation(len(arrays["train"]))[:128]])
         for precision, path in (("fp32", fp32), ("int8", int8)):
-            rows.append({"model": "view-mnv2", "pruned": ratio, "precision": precision,
+            rows.append({"model": "view-mnv2", **pruning_fields(args, ratio, channels), "precision": precision,
                          **measure(path, net, example, feed, args.runs), **scores(path)})
             print(rows[-1], flush=True)
     return rows
@@ -120,21 +141,24 @@ def detector_rows(args) -> list[dict]:
         return {"ap_pubic_symphysis": src["ap_pubic_symphysis"], "ap_fetal_head": src["ap_fetal_head"],
                 "f1_pubic_symphysis": src["f1_pubic_symphysis"], "fppi_pubic_symphysis": s["fppi_pubic_symphysis"]}
 
+    def prune_copy(net, r):
+        return prune_channels(net, example, r, detector_ignored_layers(net), traced=DenseDetectorExport(net, cfg.size),
+                              global_ranking=args.global_ranking)
+
     rows = []
     for ratio in (0.0, *args.ratios):
         net = copy.deepcopy(model)
+        channels = channel_ratio(args, model, prune_copy, ratio) if ratio else 0.0
         fp32 = args.out / f"det_p{int(ratio * 100)}.onnx"
         card = copy.deepcopy(bundled_card)
         if ratio:
-            wrapper = DenseDetectorExport(net, cfg.size)
             tune = copy.deepcopy(cfg)
             tune.epochs, tune.lr, tune.from_checkpoint = args.epochs // args.steps, args.lr, None
             tune.threads = args.threads  # fit sets torch's threads from its config
             if args.distill:  # the unpruned detector teaches its pruned copy (same FPN and head)
                 tune.distill_from, tune.distill_weight = str(args.checkpoint), args.distill
-            for step, step_ratio in enumerate(step_ratios(ratio, args.steps), 1):
-                prune_channels(net, example, step_ratio, detector_ignored_layers(net), traced=wrapper,
-                               global_ranking=args.global_ranking)
+            for step, step_ratio in enumerate(step_ratios(channels, args.steps), 1):
+                prune_copy(net, step_ratio)
                 out = args.out / (f"det_p{int(ratio * 100)}" + (f"_s{step}" if args.steps > 1 else ""))
                 fit(ds, data, train_idx, val_idx, tune, out, resume=True, model=net,
                     progress=lambda row: print({k: row[k] for k in row if k.startswith(("epoch", "val_ap", "seconds"))},
@@ -142,7 +166,7 @@ def detector_rows(args) -> list[dict]:
                 net.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
             write_detector_onnx(net.eval(), cfg.size, fp32)
             # the operating point of a pruned detector is chosen again on val, as for any detector
-            card.update(name=fp32.stem, params=count_parameters(net), pruned_channels=ratio, metrics={})
+            card.update(name=fp32.stem, params=count_parameters(net), **pruning_fields(args, ratio, channels), metrics={})
             write_card(fp32, card)
             sweep = evaluate_detector(ds.subset(val_idx), OnnxDetector(fp32), sweep=True)["_sweep"]["best"]
             card["operating_point"] = {"conf": sweep["conf"], "iou": sweep["iou"],
@@ -160,10 +184,16 @@ def detector_rows(args) -> list[dict]:
             feed = {det.input_name: det.prepare(calibration[0])[0]}
         traced = DenseDetectorExport(net, cfg.size).eval()
         for precision, path in (("fp32", fp32), ("int8", int8)):
-            rows.append({"model": "psfhs-fcos-mnv2", "pruned": ratio, "precision": precision,
+            rows.append({"model": "psfhs-fcos-mnv2", **pruning_fields(args, ratio, channels), "precision": precision,
                          **measure(path, traced, example, feed, args.runs), **scores(path)})
             print(rows[-1], flush=True)
     return rows
+
+
+def pruned_cell(row: dict) -> str:
+    if not row["pruned"] or row.get("pruned_of", "channels") == "channels":
+        return f"{round(row['pruned'] * 100)} %"
+    return f"{round(row['pruned'] * 100)} % of params ({round(row['pruned_channels'] * 100)} % of channels)"
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
@@ -182,7 +212,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
             "speed-up", *metric_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], f"{int(r['pruned'] * 100)} %", r["precision"], f"{r['params'] / 1e6:.3f} M",
+        cells = [r["model"], pruned_cell(r), r["precision"], f"{r['params'] / 1e6:.3f} M",
                  f"{r['gmacs']:.4f}", f"{r['fewer_macs']:.2f}x", f"{r['onnx_mb']:.2f}", f"{r['peak_mb']:.1f}",
                  f"{r['ms']:.2f}", f"{r['speedup']:.2f}x", *[f"{r[k]:.4f}" for k in metric_keys]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -203,6 +233,9 @@ def main() -> None:
                     help="detector: prune in this many equal steps, each fine-tuned for epochs/steps (1: one shot)")
     ap.add_argument("--global-ranking", action="store_true",
                     help="rank channels across all layer groups (ratio of all channels) instead of ratio of each group")
+    ap.add_argument("--ratio-of", choices=["channels", "params"], default="channels",
+                    help="what a ratio is of: channels of each layer group (torch-pruning's ratio), or the model's "
+                         "parameters (the FPUS23 paper's: the channel ratio that removes that share of the weights)")
     ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="pruning ratios (the unpruned row always comes first)")
     ap.add_argument("--runs", type=int, default=200, help="timed runs per model")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for fine-tuning")

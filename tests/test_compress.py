@@ -9,8 +9,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 pytest.importorskip("fvcore")
 
-from fetalkit.training.compress import (count_macs, detector_ignored_layers, latency_ms, peak_inference_mb,  # noqa: E402
-                                        prune_channels, step_ratios, view_ignored_layers)
+from fetalkit.training.compress import (channel_ratio_for_params, count_macs, detector_ignored_layers,  # noqa: E402
+                                        latency_ms, peak_inference_mb, prune_channels, step_ratios,
+                                        view_ignored_layers)
 from fetalkit.training.models import count_parameters  # noqa: E402
 
 
@@ -90,3 +91,25 @@ def test_step_ratios_compound_to_the_total():
     assert kept == pytest.approx(0.3)
     with pytest.raises(ValueError):
         step_ratios(0.5, 0)
+
+
+def test_a_share_of_the_parameters_is_found_as_a_smaller_share_of_the_channels():
+    """--ratio-of params: pruning half the channels removes about three quarters of a conv net's weights, so
+    half of the weights takes fewer channels; the ratio found removes at least the share asked, by little."""
+    from fetalkit.training.view import view_arch
+    net = view_arch("resnet10-w16").build(3, "random")
+    x = torch.zeros(1, 1, 64, 64)
+    before = count_parameters(net)
+
+    def left(r: float) -> int:
+        copy = view_arch("resnet10-w16").build(3, "random")
+        copy.load_state_dict(net.state_dict())
+        return count_parameters(prune_channels(copy, x, r, view_ignored_layers(copy), round_to=1))
+    r = channel_ratio_for_params(left, before, 0.5)
+    assert 0.2 < r < 0.45
+    assert 0.5 <= 1 - left(r) / before < 0.53
+    assert 1 - left(r - 0.02) / before < 0.5  # the smallest such ratio, to the channel rounding
+    with pytest.raises(ValueError, match="fraction"):
+        channel_ratio_for_params(left, before, 1.0)
+    with pytest.raises(ValueError, match="ask for less"):  # a kept layer holds most of the weights
+        channel_ratio_for_params(lambda r: before, before, 0.5)

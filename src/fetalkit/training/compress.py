@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,6 +46,30 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float, ignore
                                   global_pruning=global_ranking, max_pruning_ratio=0.9)
     pruner.step()
     return model
+
+
+def channel_ratio_for_params(params_left: Callable[[float], int], params_before: int, removed: float,
+                             iters: int = 12) -> float:
+    """The smallest channel ratio whose pruning removes at least ``removed`` of the parameters.
+
+    The FPUS23 paper's "x % pruned" is x % of the weights (Han et al. 2015), while torch-pruning's ratio
+    is of channels: removing half of a convolution's input and output channels removes about three
+    quarters of its weights.  ``params_left(r)`` prunes a copy at channel ratio ``r`` and counts what is
+    left; the parameters left fall as ``r`` grows (in steps, with channel rounding), so bisection finds it.
+    """
+    if not 0.0 < removed < 1.0:
+        raise ValueError(f"the fraction of parameters to remove must be in (0, 1), got {removed}")
+    lo, hi = 0.0, 0.9
+    if 1.0 - params_left(hi) / params_before < removed:
+        raise ValueError(f"pruning 90 % of the channels removes less than {removed:.0%} of the parameters "
+                         "(the layers kept hold too many); ask for less")
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if 1.0 - params_left(mid) / params_before < removed:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def step_ratios(ratio: float, steps: int) -> list[float]:
