@@ -123,7 +123,7 @@ def pruned_card(card: dict, name: str, params: int, pruning: dict, best: dict, a
     card = {k: v for k, v in card.items() if k not in ("speed", "export_command", "metrics")}
     card.update(name=name, params=params, **pruning, metrics={}, pruned_from=args.checkpoint.stem)
     card["train"] = {"epochs": args.epochs, "steps": args.steps, "best_epoch": best["epoch"],
-                     "seed": card["train"]["seed"], "lr": args.lr, "distill": args.distill,
+                     "seed": card["train"]["seed"] if args.seed is None else args.seed, "lr": args.lr, "distill": args.distill,
                      "global_ranking": args.global_ranking, "batch_size": card["train"]["batch_size"],
                      "size": card["train"]["size"], "trained_on": "train",
                      "command": "python benchmarks/compression_table.py " + " ".join(sys.argv[1:]),
@@ -169,6 +169,8 @@ def detector_rows(args) -> list[dict]:
         if ratio:
             tune = copy.deepcopy(cfg)
             tune.epochs, tune.lr, tune.from_checkpoint = args.epochs // args.steps, args.lr, None
+            # another fine-tuning seed, the same split (a config's split follows its seed unless pinned)
+            tune.seed, tune.split_seed = (cfg.seed if args.seed is None else args.seed), cfg.data_split_seed
             tune.threads = args.threads  # fit sets torch's threads from its config
             if args.distill:  # the unpruned detector teaches its pruned copy (same FPN and head)
                 tune.distill_from, tune.distill_weight = str(args.checkpoint), args.distill
@@ -253,6 +255,8 @@ def main() -> None:
                     help="what a ratio is of: channels of each layer group (torch-pruning's ratio), or the model's "
                          "parameters (the FPUS23 paper's: the channel ratio that removes that share of the weights)")
     ap.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS), help="pruning ratios (the unpruned row always comes first)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="detector: fine-tuning seed (default: the checkpoint's training seed)")
     ap.add_argument("--runs", type=int, default=200, help="timed runs per model")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for fine-tuning")
     ap.add_argument("--out", type=Path, required=True)
