@@ -17,7 +17,9 @@ Pruning: torch-pruning, L2 group magnitude, every prunable layer group at the sa
 layer and the detector's FPN and head kept; ``--steps N`` (detector) prunes in N equal steps,
 each fine-tuned; fine-tuning
 selects the epoch on the val part, as training does; ``--distill W`` (detector) also
-distils the unpruned detector into the pruned one while fine-tuning.  Writes table.csv and table.md.
+distils the unpruned detector into the pruned one while fine-tuning.  ``--ratio-of params`` reads
+each ratio as a share of the model's parameters (the FPUS23 paper's "x % pruned"), pruned as the
+smallest channel ratio that removes it.  Writes table.csv and table.md.
 """
 
 from __future__ import annotations
