@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from fetalkit.training.compress import (channel_ratio_for_params, count_macs, detector_ignored_layers, latency_ms,
-                                        peak_inference_mb, prune_channels, step_ratios, view_ignored_layers)
+                                        peak_inference_mb, prune_channels, pruned_card, step_ratios,
+                                        view_ignored_layers)
 from fetalkit.training.models import count_parameters
 
 RATIOS = (0.3, 0.5, 0.7)
@@ -119,20 +120,6 @@ def view_rows(args) -> list[dict]:
 # --------------------------------------------------------------------------- detector
 
 
-def pruned_card(card: dict, name: str, params: int, pruning: dict, best: dict, args) -> dict:
-    """The unpruned detector's card made the pruned one's: its training, export and speed records
-    described the unpruned network, so they give way to the fine-tuning's and the command that made it."""
-    card = {k: v for k, v in card.items() if k not in ("speed", "export_command", "metrics")}
-    card.update(name=name, params=params, **pruning, metrics={}, pruned_from=args.checkpoint.stem)
-    card["train"] = {"epochs": args.epochs, "steps": args.steps, "best_epoch": best["epoch"],
-                     "seed": card["train"]["seed"] if args.seed is None else args.seed, "lr": args.lr, "distill": args.distill,
-                     "global_ranking": args.global_ranking, "batch_size": card["train"]["batch_size"],
-                     "size": card["train"]["size"], "trained_on": "train",
-                     "command": "python benchmarks/compression_table.py " + " ".join(sys.argv[1:]),
-                     "val_metrics": {k: v for k, v in best.get("metrics", {}).items() if k.startswith("val_")}}
-    return card
-
-
 def detector_rows(args) -> list[dict]:
     from fetalkit.detection.formats import read_detection_set
     from fetalkit.evaluation.detection import evaluate_detector
@@ -185,8 +172,12 @@ def detector_rows(args) -> list[dict]:
                 net.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
             write_detector_onnx(net.eval(), cfg.size, fp32)
             # the operating point of a pruned detector is chosen again on val, as for any detector
-            card = pruned_card(card, fp32.stem, count_parameters(net), pruning_fields(args, ratio, channels),
-                               torch.load(out / "best.pt", map_location="cpu", weights_only=False), args)
+            tuning = {"epochs": args.epochs, "steps": args.steps, "seed": tune.seed, "lr": args.lr,
+                      "distill": args.distill, "global_ranking": args.global_ranking}
+            card = pruned_card(card, name=fp32.stem, params=count_parameters(net),
+                               pruning=pruning_fields(args, ratio, channels), pruned_from=args.checkpoint.stem,
+                               best=torch.load(out / "best.pt", map_location="cpu", weights_only=False),
+                               tuning=tuning, command="python benchmarks/compression_table.py " + " ".join(sys.argv[1:]))
             write_card(fp32, card)
             sweep = evaluate_detector(ds.subset(val_idx), OnnxDetector(fp32), sweep=True)["_sweep"]["best"]
             card["operating_point"] = {"conf": sweep["conf"], "iou": sweep["iou"],

@@ -113,3 +113,21 @@ def test_a_share_of_the_parameters_is_found_as_a_smaller_share_of_the_channels()
         channel_ratio_for_params(left, before, 1.0)
     with pytest.raises(ValueError, match="ask for less"):  # a kept layer holds most of the weights
         channel_ratio_for_params(lambda r: before, before, 0.5)
+
+
+def test_a_pruned_models_card_describes_its_fine_tuning_not_the_unpruned_training():
+    from fetalkit.training.compress import pruned_card
+    bundled = {"name": "psfhs-fcos-mnv2", "classes": ["a", "b"], "operating_point": {"conf": 0.46},
+               "params": 622664, "export_command": "fetalkit export detector runs/x/best.pt",
+               "speed": {"ms_per_image_onnxruntime": 13.3}, "metrics": {"ap": 0.69},
+               "train": {"epochs": 14, "best_epoch": 12, "seed": 0, "batch_size": 16, "size": 256,
+                         "command": "fetalkit train detector ...", "val_metrics": {"val_ap": 0.72}}}
+    best = {"epoch": 13, "metrics": {"epoch": 13, "train_loss": 0.1, "val_ap": 0.70}}
+    card = pruned_card(bundled, name="det_p50", params=296936, pruning={"pruned": 0.5, "pruned_of": "params"},
+                       pruned_from="psfhs-fcos-mnv2", best=best, tuning={"epochs": 14, "seed": 1, "lr": 2e-3},
+                       command="python benchmarks/compression_table.py --seed 1")
+    assert "speed" not in card and "export_command" not in card and card["metrics"] == {}
+    assert card["train"]["best_epoch"] == 13 and card["train"]["seed"] == 1 and card["train"]["size"] == 256
+    assert card["train"]["val_metrics"] == {"val_ap": 0.70} and card["train"]["command"].endswith("--seed 1")
+    assert card["classes"] == ["a", "b"] and card["params"] == 296936 and card["pruned_from"] == "psfhs-fcos-mnv2"
+    assert bundled["train"]["best_epoch"] == 12 and "speed" in bundled  # the unpruned card is left as it was

@@ -81,6 +81,20 @@ def step_ratios(ratio: float, steps: int) -> list[float]:
     return [1.0 - kept[k + 1] / kept[k] for k in range(steps)]
 
 
+def pruned_card(card: dict, *, name: str, params: int, pruning: dict, pruned_from: str, best: dict,
+                tuning: dict, command: str) -> dict:
+    """The unpruned model's card made its pruned copy's: the training, export and speed records
+    described the unpruned network, so they give way to the fine-tuning's (``tuning``: epochs, seed,
+    lr, ...; ``best``: the fine-tuning's best checkpoint, its epoch and val figures) and the command
+    that made it; ``card`` itself is not changed."""
+    kept = {k: v for k, v in card.items() if k not in ("speed", "export_command", "metrics", "train")}
+    old_train = card.get("train", {})
+    return {**kept, "name": name, "params": params, **pruning, "pruned_from": pruned_from, "metrics": {},
+            "train": {**tuning, "best_epoch": best["epoch"], "batch_size": old_train.get("batch_size"),
+                      "size": old_train.get("size"), "trained_on": "train", "command": command,
+                      "val_metrics": {k: v for k, v in best.get("metrics", {}).items() if k.startswith("val_")}}}
+
+
 def view_ignored_layers(model: nn.Module) -> list[nn.Module]:
     """The class layer of a view classifier (its outputs are the classes)."""
     last = [m for m in model.modules() if isinstance(m, nn.Linear)]
