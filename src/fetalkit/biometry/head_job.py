@@ -11,21 +11,27 @@ from fetalkit.biometry.head import HeadBiometry
 from fetalkit.biometry.overlay import draw_head_overlay
 from fetalkit.datasets.hc18 import read_pixel_csv
 from fetalkit.errors import InputError
-from fetalkit.io.images import check_image_content, expand_inputs, read_gray
-from fetalkit.io.jobs import process_files, unique_stems, write_csv_rows
+from fetalkit.io.images import check_image_content, read_still
+from fetalkit.io.inputs import printable
+from fetalkit.io.jobs import plan_job, write_csv_rows
 from fetalkit.types import HeadMeasurement
 
 COLUMNS = ["filename", "hc_mm", "bpd_mm", "ofd_mm", "center_x_px", "center_y_px", "semi_axis_a_px",
            "semi_axis_b_px", "angle_deg", "hc_px", "bpd_px", "ofd_px", "pixel_mm", "units", "error"]
 
 
-def pixel_size_for(path: Path, pixel_mm: Optional[float], table: Optional[dict]) -> Optional[float]:
+def pixel_size_for(path: Path, pixel_mm: Optional[float], table: Optional[dict],
+                   file_pixel_mm: Optional[float] = None) -> Optional[float]:
+    """The pixel size of one input: the csv's row, else --pixel-mm, else what the file says (DICOM)."""
     if table is not None:
         if path.name not in table:
-            raise InputError(f"{path}: no row for {path.name} in the pixel-size csv; add one or use --pixel-mm")
+            raise InputError(f"{printable(path)}: no row for {printable(path.name)} in the pixel-size csv; "
+                             "add one or use --pixel-mm")
         pixel_mm = table[path.name][0]
+    if pixel_mm is None:
+        pixel_mm = file_pixel_mm
     if pixel_mm is not None and not (pixel_mm > 0 and math.isfinite(pixel_mm)):
-        raise InputError(f"{path}: pixel size must be a positive number of mm, got {pixel_mm}")
+        raise InputError(f"{printable(path)}: pixel size must be a positive number of mm, got {pixel_mm}")
     return pixel_mm
 
 
@@ -60,22 +66,19 @@ def measure_files(inputs: list[str | Path], out_dir: Path, pixel_mm: Optional[fl
     table = read_pixel_csv(pixel_csv) if pixel_csv is not None else None
     if pixel_mm is not None and not (pixel_mm > 0 and math.isfinite(pixel_mm)):
         raise InputError(f"--pixel-mm must be a positive number of mm, got {pixel_mm}")
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise InputError(f"no input images found in {', '.join(map(str, inputs))}")
+    job = plan_job(inputs, out_dir, lambda stem: [f"{stem}_overlay.png"] if overlays else [],
+                   summary=["measurements.csv"])
     biometry = HeadBiometry(model, threads=threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stems = unique_stems(paths)
 
     def measure(path: Path, row: dict, write) -> None:
-        image = read_gray(path)
+        image, file_pixel_mm = read_still(path)
         check_image_content(path, image)
-        px = pixel_size_for(path, pixel_mm, table)
+        px = pixel_size_for(path, pixel_mm, table, file_pixel_mm)
         m, _ = biometry.measure(image, px)
         row.update(head_row(m))
         if overlays:
-            write(out_dir / f"{stems[path]}_overlay.png", lambda: draw_head_overlay(image, m))
+            write(out_dir / f"{job.stems[path]}_overlay.png", lambda: draw_head_overlay(image, m))
 
-    rows = process_files(paths, COLUMNS, measure, progress)
+    rows = job.run(COLUMNS, measure, progress)
     write_csv_rows(out_dir / "measurements.csv", rows, COLUMNS)
     return rows

@@ -11,8 +11,9 @@ import numpy as np
 
 from fetalkit.biometry.aop import AngleOfProgression, angle_of_progression
 from fetalkit.errors import FetalkitError
-from fetalkit.io.images import check_image_content, expand_inputs, read_gray
-from fetalkit.io.jobs import process_files, unique_stems, write_csv_rows
+from fetalkit.io.images import check_image_content, read_gray
+from fetalkit.io.inputs import printable
+from fetalkit.io.jobs import plan_job, write_csv_rows
 
 PS_COLOUR = (60, 200, 255)   # BGR: amber
 FH_COLOUR = (255, 160, 60)   # BGR: blue
@@ -89,13 +90,10 @@ def measure_aop_files(inputs: list, out_dir: Path, model=None, threads: int = 2,
     The label map is written even when the angle cannot be measured, so a user can
     see which structure the model missed.
     """
-    from fetalkit.errors import InputError
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise InputError(f"no input images found in {', '.join(map(str, inputs))}")
+    job = plan_job(inputs, out_dir, lambda stem: [f"masks/{stem}.png"] + ([f"{stem}_overlay.png"] if overlays else []),
+                   summary=["measurements.csv"])
     lb = LabourBiometry(model, threads=threads, caudal_end=caudal_end, opening=opening)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stems = unique_stems(paths)
+    stems = job.stems
 
     def measure(path: Path, row: dict, write) -> None:
         image = read_gray(path)
@@ -107,10 +105,10 @@ def measure_aop_files(inputs: list, out_dir: Path, model=None, threads: int = 2,
             aop = angle_of_progression(labels, caudal_end=caudal_end, opening=opening)
             row.update(aop_row(aop))
         except FetalkitError as err:
-            row["error"] = f"{path}: {err}"
+            row["error"] = f"{printable(path)}: {printable(err)}"
         if overlays:
             write(out_dir / f"{stems[path]}_overlay.png", lambda: draw_aop_overlay(image, labels, aop))
 
-    rows = process_files(paths, AOP_COLUMNS, measure, progress)
+    rows = job.run(AOP_COLUMNS, measure, progress)
     write_csv_rows(out_dir / "measurements.csv", rows, AOP_COLUMNS)
     return rows

@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 
 from fetalkit.detection.region import RoiOption, crop, detection_region, to_frame
-from fetalkit.io.images import atomic_write_bytes, expand_inputs, read_gray
-from fetalkit.io.jobs import process_files, unique_stems
+from fetalkit.io.images import atomic_write_bytes, check_min_size, read_gray
+from fetalkit.io.inputs import printable
+from fetalkit.io.jobs import plan_job
 from fetalkit.runtime.detector import OnnxDetector, detections_json
 from fetalkit.runtime.registry import resolve_model
 
@@ -34,20 +35,22 @@ def detect_files(inputs: list[Path], model: Optional[str], conf: Optional[float]
                  roi: RoiOption = "auto") -> list[dict]:
     """Detect on every input (in the region ``roi`` of each, see fetalkit.detection.region);
     ``out_dir/detections.json`` holds the detections of all readable inputs, in image pixels."""
+    job = plan_job(inputs, out_dir, lambda stem: [f"overlays/{stem}.png"] if overlay else [],
+                   summary=["detections.json"])
     det = OnnxDetector(resolve_model(model, "detector"), class_names=class_names)
-    paths = expand_inputs(inputs)
-    stems = unique_stems(paths)
+    stems = job.stems
     records: list[dict] = []
 
     def measure(path: Path, row: dict, write) -> None:
         image = read_gray(path)
+        check_min_size(path, image)
         region = detection_region(image, roi, min_side_px=det.spec.size)
         dets = to_frame(det.detect(crop(image, region), conf, iou), region)
-        records.extend(detections_json(str(path), dets, det.classes))
+        records.extend(detections_json(printable(path), dets, det.classes))
         row["n_detections"] = len(dets.scores)
         if overlay:
             write(out_dir / "overlays" / f"{stems[path]}.png", lambda: draw_detections(image, dets, det.classes))
 
-    rows = process_files(paths, COLUMNS, measure)
+    rows = job.run(COLUMNS, measure)
     atomic_write_bytes(out_dir / "detections.json", json.dumps(records, indent=1).encode())
     return rows

@@ -11,44 +11,54 @@ import cv2
 import numpy as np
 
 from fetalkit.errors import InputError
+from fetalkit.io.inputs import (DICOM_SUFFIXES, IMAGE_SUFFIXES, decode_image, list_inputs, printable,
+                                read_bytes)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+MIN_SIDE_PX = 32  # smaller frames hold nothing a model can see (a 1 x 1 image is a thumbnail or an error)
 
 
 def read_gray(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as H x W uint8 grayscale.
+    """Read an image file or a single-frame DICOM as H x W uint8 grayscale.
 
     Colour images are converted with ITU-R BT.601 luma; 16-bit images are scaled
-    to 8 bit.  Raises InputError (naming the file) when the file is missing or
-    is not a readable image.
+    to 8 bit.  Raises InputError (naming the file) when the file is missing,
+    too large (see :mod:`fetalkit.io.inputs`) or not a readable image.
     """
+    return read_still(path)[0]
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """DICOM by suffix, or by the 'DICM' marker after the 128-byte preamble (archives name files IM0001)."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: file not found")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise InputError(f"{p}: not a readable image (expected PNG/JPEG/BMP/TIFF)")
-    if image.dtype == np.uint16:
-        image = (image / 257.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise InputError(f"{p}: unsupported pixel type {image.dtype}; convert it to 8-bit")
-    if image.ndim == 3:
-        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-        image = cv2.cvtColor(image, code)
-    return np.ascontiguousarray(image)
+    if p.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        return False
+    try:
+        if not p.is_file():  # never open a FIFO: it would block
+            return False
+        with open(p, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def check_min_size(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Refuse frames too small to hold anything a model was trained on (InputError naming the file)."""
+    if image.size == 0 or min(image.shape[:2]) < MIN_SIDE_PX:
+        raise InputError(f"{printable(path)}: image is {image.shape[1] if image.ndim > 1 else 0} x {image.shape[0]} "
+                         f"pixels, smaller than {MIN_SIDE_PX} x {MIN_SIDE_PX}; give the full-size scan")
 
 
 def check_image_content(path: str | os.PathLike, image: np.ndarray) -> None:
     """Refuse frames nothing can be measured on (tiny, constant, or without contrast): InputError naming the file."""
-    if image.size == 0 or min(image.shape[:2]) < 32:
-        raise InputError(f"{path}: image is empty or smaller than 32 x 32 pixels")
+    check_min_size(path, image)
     if int(image.max()) == int(image.min()):
-        raise InputError(f"{path}: image is constant (value {int(image.min())}); nothing to measure")
+        raise InputError(f"{printable(path)}: image is constant (value {int(image.min())}); nothing to measure")
     lo, hi = np.percentile(image, (0.5, 99.5))
     if hi - lo < 16:
         # Near-black or near-flat frames make segmenters hallucinate; refuse them instead.
-        raise InputError(f"{path}: image has almost no contrast (grey levels {lo:.0f}..{hi:.0f}); "
+        raise InputError(f"{printable(path)}: image has almost no contrast (grey levels {lo:.0f}..{hi:.0f}); "
                          "check the export/window settings")
 
 
@@ -90,20 +100,13 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories into a sorted list of paths.
+    """Expand files and folders into the list of files to read (see :func:`fetalkit.io.inputs.list_inputs`).
 
-    Directories contribute their image files (by suffix, not recursive); files are
-    kept as given even when their suffix is unknown, so that the caller reports
-    them as unreadable instead of silently skipping them.
+    Folders contribute their images and DICOM files (not recursive); what cannot be
+    read (a FIFO, a folder named like an image, a dangling link) is passed over here:
+    jobs that must report it call ``list_inputs`` directly.
     """
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(p)
-    return out
+    return list_inputs(inputs)[0]
 
 
 def read_still(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
@@ -114,17 +117,17 @@ def read_still(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
     a DICOM with non-square pixels raises InputError naming the file.
     """
     p = Path(path)
-    if p.suffix.lower() in IMAGE_SUFFIXES:
-        return read_gray(p), None
+    if not is_dicom_file(p):
+        return decode_image(read_bytes(p), p, keep_colour=False), None
     from fetalkit.io.dicom import read_dicom
     d = read_dicom(p)
     if len(d.frames) != 1:
-        raise InputError(f"{p}: a {len(d.frames)}-frame cine DICOM; measurements take a single image "
+        raise InputError(f"{printable(p)}: a {len(d.frames)}-frame cine DICOM; measurements take a single image "
                          "(export the frame to measure, or mask the clip)")
     if d.pixel_mm is None:
         return d.frames[0], None
     x_mm, y_mm = d.pixel_mm
     if abs(x_mm - y_mm) > 0.01 * max(x_mm, y_mm):
-        raise InputError(f"{p}: pixels are {x_mm:g} x {y_mm:g} mm (not square); resample the image to "
+        raise InputError(f"{printable(p)}: pixels are {x_mm:g} x {y_mm:g} mm (not square); resample the image to "
                          "square pixels and give --pixel-mm")
     return d.frames[0], (x_mm + y_mm) / 2
