@@ -306,3 +306,22 @@ def test_output_is_a_valid_us_multiframe_image(study):
     check = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, timeout=30)
     errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
     assert errors == []
+
+
+def test_cine_without_frame_timing_is_written_at_the_stated_default(tmp_path):
+    """No FrameTime / FrameTimeVector / CineRate: cleaning writes 25 frames/s and says so (was a ValueError)."""
+    ds = _phi_dataset(STUDY_UID + ".3.9")
+    del ds.FrameTime, ds.FrameIncrementPointer
+    src = tmp_path / "untimed.dcm"
+    pydicom.dcmwrite(src, ds, enforce_file_format=True)
+    report = deidentify_file(src, tmp_path / "anon.dcm", UidMap(), clean_pixels=blank_text)
+    assert report.fps_assumed == pytest.approx(25.0) and report.as_dict()["fps_assumed"] == pytest.approx(25.0)
+    assert read_dicom(tmp_path / "anon.dcm").fps == pytest.approx(25.0)
+    timed = deidentify_file(_save_phi(tmp_path / "timed.dcm"), tmp_path / "anon2.dcm", UidMap(),
+                            clean_pixels=blank_text)
+    assert timed.fps_assumed is None                                      # the file's own timing: nothing assumed
+
+
+def _save_phi(path: Path) -> Path:
+    pydicom.dcmwrite(path, _phi_dataset(STUDY_UID + ".3.8"), enforce_file_format=True)
+    return path

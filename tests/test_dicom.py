@@ -404,3 +404,31 @@ def test_cli_refuses_dicom_without_pixels_or_with_video_syntax(tmp_path):
             assert path.name in res.stderr and reason in res.stderr and "Traceback" not in res.stderr
             assert not (tmp_path / "out.dcm").exists()
         assert path.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- declared size
+
+
+def test_declared_size_is_refused_before_any_pixel_is_decoded(tmp_path, monkeypatch):
+    """A small file can declare gigabytes: Rows x Columns x frames x samples x bytes is checked first."""
+    def no_decoding(p, ds):
+        raise AssertionError("pixels were decoded")
+    monkeypatch.setattr(dicom_io, "_decode_pixels", no_decoding)
+    ds = _dataset(30000, 30000, ts=JPEGBaseline8Bit)                    # a 1 KB JPEG declared as 900 Mpx
+    ds.PixelData = encapsulate([cv2.imencode(".jpg", _frames(1)[0])[1].tobytes()])
+    ds["PixelData"].VR = "OB"
+    with pytest.raises(InputError, match=r"huge\.dcm: declares 30000 x 30000 pixels .*FETALKIT_MAX_PIXELS"):
+        read_dicom(_save(ds, tmp_path / "huge.dcm"))
+    ds = _dataset(600, 800, n_frames=3000)                              # 1.4 GB of frames
+    ds.PixelData = b"\x00" * 64
+    with pytest.raises(InputError, match=r"long\.dcm: 3000 frames of 800 x 600 would decode to 1373 MB"):
+        read_dicom(_save(ds, tmp_path / "long.dcm"))
+    ds = _dataset(48, 64, n_frames=3)
+    ds.PixelData = _frames(3).tobytes()
+    path = _save(ds, tmp_path / "small.dcm")
+    monkeypatch.setenv("FETALKIT_MAX_PIXELS", "1000")                   # the limit is the user's to change
+    with pytest.raises(InputError, match=r"small\.dcm: declares 64 x 48 pixels"):
+        read_dicom(path)
+    del ds.Rows
+    with pytest.raises(InputError, match=r"norows\.dcm: the image header has no Rows"):
+        read_dicom(_save(ds, tmp_path / "norows.dcm"))

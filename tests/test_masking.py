@@ -241,3 +241,42 @@ def test_roi_auto_never_magnifies_a_small_imaged_area():
             assert det.shapes[0] == shape
         else:
             assert max(det.shapes[0]) < 90                               # no size known: the tight box
+
+
+class Interrupting(ScriptedDetector):
+    """Ctrl-C in the middle of the stream."""
+
+    def detect(self, gray, conf=None, iou=None):
+        if self.n == 5:
+            raise KeyboardInterrupt
+        return super().detect(gray, conf, iou)
+
+
+def test_no_log_or_output_is_left_half_written_when_mask_fails(tmp_path):
+    src = make_video(tmp_path / "v.avi", n=30)
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(open_source(str(src)), tmp_path / "o.avi", Masker(Interrupting(), MaskConfig()),
+                   tmp_path / "log.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.avi"]      # no log, no output, no .tmp_ file
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), np.full((40, 50), 99, np.uint8))
+    (tmp_path / "out" / "a.png").mkdir(parents=True)                    # the first frame cannot be written
+    report = run_stream(open_source(str(tmp_path / "in")), tmp_path / "out", Masker(ScriptedDetector(), MaskConfig()),
+                        tmp_path / "log2.jsonl")
+    assert report.error and report.frames == 0
+    assert not (tmp_path / "log2.jsonl").exists() and not list(tmp_path.glob(".tmp_*"))
+
+
+def test_mask_cli_dicom_without_frame_timing_uses_the_stated_default(tmp_path):
+    import pydicom
+    from fetalkit.io.dicom import read_dicom, write_dicom
+    src = write_dicom(tmp_path / "untimed.dcm", np.random.default_rng(0).integers(0, 255, (3, 96, 128), np.uint8),
+                      fps=20.0)
+    ds = pydicom.dcmread(src)
+    for keyword in ("FrameTime", "FrameIncrementPointer", "CineRate", "RecommendedDisplayFrameRate"):
+        delattr(ds, keyword)
+    ds.save_as(src)
+    res = fetalkit("mask", src, "-o", tmp_path / "masked.dcm", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "no frame timing in" in res.stderr and "untimed.dcm: written at 25 frames/s" in res.stderr
+    assert read_dicom(tmp_path / "masked.dcm").fps == pytest.approx(25.0)

@@ -39,7 +39,8 @@ out = Console()
 
 
 def fail(message: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    from fetalkit.io.inputs import printable
+    console.print(f"[red]error:[/red] {escape(printable(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -784,6 +785,7 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
              quiet: bool = typer.Option(False, "--quiet")):
     """Hide regions of interest in every frame (detector + hold rule + fail-safe), streamed in real time."""
     from rich.progress import Progress
+    from fetalkit.io.inputs import printable
     from fetalkit.io.video import open_source
     from fetalkit.masking.hold import RULES
     from fetalkit.detection.region import parse_roi
@@ -810,15 +812,20 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
     with Progress(console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task("masking", total=src.count)
         report = run_stream(src, output, masker, log, progress=lambda n: bar.update(task, completed=n))
-    if report.error:
-        fail(f"{source}: stopped at frame {report.failed_frame} ({report.error}); "
-             f"the {report.frames} frames before it are in {output}")
+    if report.fps_assumed and report.frames > 1:
+        console.print(f"no frame timing in {printable(source)}: written at {report.fps_assumed:g} frames/s",
+                      highlight=False, soft_wrap=True, markup=False)
+    problem, warning = report.problems(source, output)
+    if problem:
+        fail(problem)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if not quiet:
         import numpy as np
         lat = np.percentile(report.latency_ms, [50, 99]) if report.latency_ms else [0, 0]
         out.print(f"{report.frames} frames masked in {report.seconds:.2f} s ({report.fps:.1f} frames/s; latency p50 "
-                  f"{lat[0]:.1f} ms, p99 {lat[1]:.1f} ms); rule {masker.rule.name}; wrote {output}"
-                  + (f"; log {log}" if log else ""))
+                  f"{lat[0]:.1f} ms, p99 {lat[1]:.1f} ms); rule {masker.rule.name}; wrote {printable(output)}"
+                  + (f"; log {printable(log)}" if log else ""), highlight=False, soft_wrap=True)
 
 
 @bench_app.command("video")
@@ -1101,8 +1108,12 @@ def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file, a video (.mp4 .
              clean: bool = typer.Option(True, help="Also remove burned-in text from the pixels."),
              json_out: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
     """De-identify: DICOM PS3.15 basic profile (new consistent UIDs) and burned-in text removed from the pixels."""
+    from fetalkit.io.inputs import printable
     from fetalkit.preprocess.jobs import deidentify_path
     report = deidentify_path(src, output, clean=clean)
+    if report.get("fps_assumed"):  # on stderr: --json output stays JSON
+        console.print(f"no frame timing in {printable(src)}: written at {report['fps_assumed']:g} frames/s",
+                      highlight=False, soft_wrap=True, markup=False)
     if json_out:
         out.print_json(json.dumps(report))
         return
@@ -1115,7 +1126,7 @@ def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file, a video (.mp4 .
                   f"burned-in pixels removed")
     else:
         out.print(f"image re-encoded without metadata; {report['overlay_px_removed']} burned-in pixels removed")
-    out.print(f"wrote {output}")
+    out.print(f"wrote {report['output']}", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command("batch")
@@ -1265,10 +1276,16 @@ def _finish(rows: list[dict], quiet: bool, where: str) -> None:
 
 
 def main() -> None:
+    from fetalkit.io.inputs import os_error, printable
     try:
         app()
     except FetalkitError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(printable(e))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except OSError as e:
+        # an output folder that cannot be written, a disk that is full: one line, not a traceback
+        message = os_error(e.filename, e) if e.filename else f"{e.strerror or e}"
+        console.print(f"[red]error:[/red] {escape(printable(message))}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -59,6 +59,7 @@ from pydicom.uid import generate_uid
 from fetalkit.errors import InputError
 from fetalkit.io.dicom import open_dataset, read_dicom, save_dataset, write_dicom
 from fetalkit.io.images import atomic_write_bytes
+from fetalkit.io.inputs import printable
 
 __all__ = ["UidMap", "DeidReport", "deidentify_dataset", "deidentify_file", "profile_table"]
 
@@ -173,6 +174,9 @@ class DeidReport:
     burned_in_annotation: str = "YES"
     source: str | None = None
     output: str | None = None
+    # Frame rate written into a cleaned cine that stated none (FrameTime, FrameTimeVector, CineRate): the
+    # default, said so; None when the source's own timing was kept.
+    fps_assumed: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -419,7 +423,9 @@ def deidentify_file(
     """
     src_path, dst_path = Path(src), Path(dst)
     if _same_file(src_path, dst_path):
-        raise InputError(f"{dst_path}: output would overwrite the input; write the de-identified copy elsewhere")
+        raise InputError(f"{printable(dst_path)}: output would overwrite the input; "
+                         "write the de-identified copy elsewhere")
+    fps_assumed = None
     if clean_pixels is None:
         out, report = deidentify_dataset(open_dataset(src_path), uid_map, pixels_cleaned=False)
         save_dataset(dst_path, out)
@@ -427,9 +433,14 @@ def deidentify_file(
         clip = read_dicom(src_path)
         cleaned = np.stack([_clean_frame(clean_pixels, frame) for frame in clip.frames])
         out, report = deidentify_dataset(clip.dataset, uid_map, pixels_cleaned=True)
-        write_dicom(dst_path, cleaned, template=out, fps=clip.fps, burned_in_annotation="NO",
+        fps = clip.fps
+        if fps is None and len(cleaned) > 1:  # a cine must state its timing: the default, reported
+            from fetalkit.io.video import DEFAULT_FPS
+            fps = fps_assumed = DEFAULT_FPS
+        write_dicom(dst_path, cleaned, template=out, fps=fps, burned_in_annotation="NO",
                     sop_instance_uid=out.SOPInstanceUID)
-    report.source, report.output = str(src_path), str(dst_path)
+    report.source, report.output = printable(src_path), printable(dst_path)
+    report.fps_assumed = fps_assumed
     return report
 
 

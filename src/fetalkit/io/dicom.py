@@ -53,6 +53,7 @@ from pydicom.uid import (
 )
 
 from fetalkit.io.images import atomic_writer
+from fetalkit.io.inputs import check_pixels, os_error, printable
 from fetalkit.errors import InputError
 
 __all__ = [
@@ -161,19 +162,22 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: file not found")
-    with open(p, "rb") as f:
-        head = f.read(132)
+        raise InputError(f"{printable(p)}: file not found")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise os_error(p, e) from None
     has_marker = head[128:132] == b"DICM"
     # Files without the Part 10 preamble start with a group-0002 or -0008 tag;
     # anything else (a PNG renamed .dcm, a zip) is refused before pydicom guesses at it.
     if not has_marker and head[:2] not in (b"\x02\x00", b"\x08\x00"):
-        raise InputError(f"{p}: not a DICOM file (no 'DICM' marker); "
+        raise InputError(f"{printable(p)}: not a DICOM file (no 'DICM' marker); "
                          "export it from the scanner/PACS as DICOM, or read it as an image")
     try:
         ds = pydicom.dcmread(p, force=not has_marker)
     except Exception as e:  # pydicom raises many types on corrupt input
-        raise InputError(f"{p}: cannot parse the DICOM header ({e}); "
+        raise InputError(f"{printable(p)}: cannot parse the DICOM header ({e}); "
                          "the file is corrupt or truncated, copy or export it again") from e
     if not hasattr(ds, "file_meta"):
         ds.file_meta = FileMetaDataset()
@@ -219,10 +223,11 @@ def read_dicom(path: str | os.PathLike) -> DicomFrames:
         # pydicom stops quietly at the end of a cut file: tell truncation from a non-image object.
         sop_class = UID(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "")
         if len(ds) == 0 or "Rows" in ds or "Image Storage" in sop_class.name:
-            raise InputError(f"{p}: DICOM file ends before its pixel data; "
+            raise InputError(f"{printable(p)}: DICOM file ends before its pixel data; "
                              "it was probably cut short, copy or export it again")
-        raise InputError(f"{p}: DICOM file has no pixel data (a report or presentation state?); "
+        raise InputError(f"{printable(p)}: DICOM file has no pixel data (a report or presentation state?); "
                          "pass an ultrasound image or cine DICOM")
+    _check_declared_size(p, ds)
     raw = _decode_pixels(p, ds)
     frames = _to_gray_uint8(p, ds, raw)
     del ds.PixelData  # the caller has the frames; keep the header light
@@ -230,16 +235,41 @@ def read_dicom(path: str | os.PathLike) -> DicomFrames:
                        dataset=ds, source=p)
 
 
+def _header_int(p: Path, ds: Dataset, keyword: str, default: int | None = None) -> int:
+    """An integer attribute of the image header; InputError naming the file when missing or not a number."""
+    value = ds.get(keyword, default)
+    if value is None:
+        raise InputError(f"{printable(p)}: the image header has no {keyword}; the file is damaged, export it again")
+    try:
+        return int(value if value not in (None, "") else default)
+    except (TypeError, ValueError):
+        raise InputError(f"{printable(p)}: {keyword} is {value!r}, not a number; the header is damaged, "
+                         "export the file again") from None
+
+
+def _check_declared_size(p: Path, ds: Dataset) -> None:
+    """Refuse a header that declares more pixels than fetalkit decodes, before any frame is decoded.
+
+    Rows x Columns x NumberOfFrames x SamplesPerPixel x bytes per sample is what
+    pydicom would allocate; a small file can declare gigabytes (compressed or forged).
+    """
+    rows, columns = _header_int(p, ds, "Rows"), _header_int(p, ds, "Columns")
+    frames = _header_int(p, ds, "NumberOfFrames", 1)
+    samples = _header_int(p, ds, "SamplesPerPixel", 1)
+    bytes_per_sample = (_header_int(p, ds, "BitsAllocated", 8) + 7) // 8
+    check_pixels(p, rows, columns, frames, max(samples, 1) * max(bytes_per_sample, 1))
+
+
 def _check_decodable(p: Path, ts: UID) -> None:
     """Refuse a transfer syntax pydicom cannot decode here, naming what would add it."""
     try:
         decoder = get_decoder(ts)
     except NotImplementedError:
-        raise InputError(f"{p}: transfer syntax '{ts.name}' ({ts}) is not supported (no Python decoder "
+        raise InputError(f"{printable(p)}: transfer syntax '{ts.name}' ({ts}) is not supported (no Python decoder "
                          "exists, e.g. MPEG/HEVC video); export the clip uncompressed or as JPEG DICOM") from None
     if not decoder.is_available:
         package = _DECODER_PACKAGES.get(str(ts), "python-gdcm")
-        raise InputError(f"{p}: transfer syntax '{ts.name}' ({ts}) needs a decoder that is not installed; "
+        raise InputError(f"{printable(p)}: transfer syntax '{ts.name}' ({ts}) needs a decoder that is not installed; "
                          f"`pip install {package}` adds it, or export the images uncompressed")
 
 
@@ -247,20 +277,20 @@ def _decode_pixels(p: Path, ds: Dataset) -> np.ndarray:
     """Decode all frames (colour as RGB) with a user error for every failure."""
     ts = UID(ds.file_meta.TransferSyntaxUID)
     if not ts.is_transfer_syntax:
-        raise InputError(f"{p}: unknown transfer syntax {ts}; re-export the file as standard DICOM")
+        raise InputError(f"{printable(p)}: unknown transfer syntax {ts}; re-export the file as standard DICOM")
     _check_decodable(p, ts)
     try:
         if not ts.is_encapsulated:
             expected = get_expected_length(ds, "bytes")
             if len(ds.PixelData) < expected:
-                raise InputError(f"{p}: pixel data is truncated ({len(ds.PixelData)} of {expected} bytes); "
+                raise InputError(f"{printable(p)}: pixel data is truncated ({len(ds.PixelData)} of {expected} bytes); "
                                  "the file was cut short, copy or export it again")
         # Frames are decoded here once; the Dataset.pixel_array cache would keep a second copy.
         return pixel_array(ds)
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"{p}: cannot decode the pixel data ({ts.name}): {e}; "
+        raise InputError(f"{printable(p)}: cannot decode the pixel data ({ts.name}): {e}; "
                          "the file may be truncated or corrupt") from e
 
 
@@ -280,7 +310,7 @@ def _to_gray_uint8(p: Path, ds: Dataset, arr: np.ndarray) -> np.ndarray:
         # pydicom has already turned YBR into RGB; BT.601 luma as io.images.read_gray.
         arr = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in arr])
     if arr.ndim != 3:
-        raise InputError(f"{p}: unexpected pixel layout {arr.shape} "
+        raise InputError(f"{printable(p)}: unexpected pixel layout {arr.shape} "
                          f"(SamplesPerPixel={samples}, NumberOfFrames={n_frames}); the header is inconsistent")
     if photometric == "MONOCHROME1":
         arr = 255 - arr
@@ -292,7 +322,7 @@ def _palette_to_rgb(p: Path, ds: Dataset, arr: np.ndarray) -> np.ndarray:
         rgb = apply_color_lut(arr, ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
     except Exception as e:
-        raise InputError(f"{p}: cannot apply the palette colour lookup table ({e})") from e
+        raise InputError(f"{printable(p)}: cannot apply the palette colour lookup table ({e})") from e
     if bits > 8:
         rgb = np.round(rgb.astype(np.float32) * (255.0 / (2**bits - 1))).astype(np.uint8)
     return rgb

@@ -26,6 +26,7 @@ import io
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -190,17 +191,29 @@ def quiet_stderr() -> Iterator[io.StringIO]:
 
     Their lines would appear beside fetalkit's one error line; what they said is
     kept in the yielded buffer, filled when the block ends, for the error message.
+    File descriptor 2 belongs to the process, so one thread at a time holds it
+    (decodes are milliseconds; the web page's job threads wait that long).
     """
     said = io.StringIO()
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield said
-        return
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield said
+            return
+        with _captured_fd2(saved, said):
+            yield said
+
+
+_STDERR_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _captured_fd2(saved: int, said: io.StringIO) -> Iterator[None]:
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield said
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)

@@ -8,14 +8,23 @@ is dropped: a queue blocks instead.
 
 Fail-safe: if the detector fails on a frame (an exception, or no result), that frame
 is written with the imaging sector (or the whole frame) blanked and the log says so;
-a fault never shows an unmasked frame.
+a fault never shows an unmasked frame.  A frame that cannot be decoded (a damaged frame
+of a video, an unreadable file in a folder) is written as a black frame in its place,
+so the frames after it keep their index and timing; the log and the report name it.
+
+Nothing is half-written: the log is written beside its final name and renamed only
+when the output is (frames were written); an output path that is an input (links
+resolved) is refused before anything is read or written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import queue
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +36,8 @@ import numpy as np
 from fetalkit.detection.region import (Region, RoiOption, crop, detection_region, imaged_region, region_xywh,
                                       to_frame)
 from fetalkit.errors import FetalkitError, InputError
-from fetalkit.io.video import FrameSource, open_sink, to_gray
+from fetalkit.io.inputs import printable, refuse_overwrite
+from fetalkit.io.video import FrameSource, open_sink, output_paths, to_gray
 from fetalkit.masking import defaults
 from fetalkit.masking.hold import HoldRule
 from fetalkit.masking.render import blank_frame, grow_boxes, render_masks
@@ -178,6 +188,14 @@ class Masker:
         result = FrameResult(index, frame, record, boxes, rendered=False)
         return self.render(result) if render else result
 
+    def lost_frame(self, index: int, shape: tuple, reason: Optional[str] = None) -> FrameResult:
+        """The frame written where the input's frame could not be decoded: black, never guessed.
+        The hold rule starts again after it, as after a detector fault."""
+        self.rule.reset()
+        record = {"frame": index, "masks": [], "detections": [], "held": [], "fail_safe": True, "lost": True,
+                  "error": f"{reason or 'the frame could not be decoded (damaged)'}; written black", "ms": {}}
+        return FrameResult(index, np.zeros(shape, np.uint8), record)
+
     def render(self, result: FrameResult) -> FrameResult:
         """Hide the result's boxes in (a copy of) its frame; stateless, so the writer thread runs it."""
         if not result.rendered:
@@ -202,10 +220,37 @@ class StreamReport:
     error: Optional[str] = None
     latency_ms: list = field(default_factory=list)
     encode_ms: list = field(default_factory=list)
+    lost: list = field(default_factory=list)      # frames that could not be decoded, written black in place
+    missing: list = field(default_factory=list)   # every frame lost: those, then any the input ends without
+    declared: Optional[int] = None                # frames the input declares (None: a camera)
+    lost_reasons: list = field(default_factory=list)  # why the lost frames were lost, where known
+    fps_assumed: Optional[float] = None           # the rate written when the input states none (DEFAULT_FPS)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
+
+    def problems(self, name: object, output: object) -> tuple[Optional[str], Optional[str]]:
+        """(the error line, a warning line) for the run of ``name`` into ``output``; None when there is none.
+
+        An error when the output has fewer frames than the input declares (cut short or
+        damaged: the frames written are still a valid output) or the stream stopped on a
+        fault; only a warning when damaged frames were written black in place.
+        """
+        from fetalkit.io.video import describe_lost, frame_list
+        if self.declared and self.missing and self.frames < self.declared:
+            return describe_lost(name, self.declared, self.missing, output, blanked=self.lost), None
+        if self.error:
+            return (f"{printable(name)}: stopped at frame {self.failed_frame} ({self.error}); "
+                    f"the {self.frames} frames before it are in {printable(output)}"), None
+        if self.lost:
+            s = "s" if len(self.lost) > 1 else ""
+            text = f"{printable(name)}: frame{s} {frame_list(self.lost)} could not be decoded (damaged)"
+            if self.lost_reasons:  # a folder's frame file names itself and says what is wrong with it
+                more = len(self.lost) - 1
+                text = self.lost_reasons[0] + (f" (and {more} more frame{'s' if more > 1 else ''})" if more else "")
+            return None, f"{text}; written black in {printable(output)}"
+        return None, None
 
 
 def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Optional[Path] = None,
@@ -213,11 +258,14 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
     """Mask every frame of ``source`` into ``output`` with the three overlapped stages.
 
     A frame that cannot be read or written stops the stream cleanly: every frame
-    already written stays valid and the report names the failing frame.
+    already written stays valid and the report names the failing frame.  A frame
+    that cannot be decoded does not stop it: it is written black and listed in
+    ``report.lost``; ``report.missing`` adds the frames a cut video ends without.
     ``pace_fps`` releases frames at that rate, as a live source would (a file is
     otherwise read as fast as possible); latency is measured from a frame's release
     to the end of its write.
     """
+    refuse_overwrite(source.input_paths(), output_paths(output, source) + ([log_path] if log_path else []))
     sink = open_sink(output, source, _first_is_color(source))
     q_in: queue.Queue = queue.Queue(QUEUE_FRAMES)
     q_out: queue.Queue = queue.Queue(QUEUE_FRAMES)
@@ -226,36 +274,60 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
     arrival: dict[int, float] = {}
     latencies: list[float] = []
     encode_ms: list[float] = []
-    log = open(log_path, "w") if log_path else None
+    blanked: list[int] = []
+    read_to_end = threading.Event()  # the source was read to its end: what it lacks is known
+    abandoned = threading.Event()    # this thread was interrupted: no one reads the queues any more
+    try:
+        log = _TempLog(log_path) if log_path else None
+    except BaseException:
+        sink.abort()
+        raise
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q_in.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def reader():
-        n_read = 0
+        expected, shape = 0, None
         try:
             for i, frame in source:
                 if pace_fps:
                     wait = t_start + i / pace_fps - time.perf_counter()
                     if wait > 0:
                         time.sleep(wait)
+                for lost in range(expected, i):  # undecodable frames before this one: black in their place
+                    blanked.append(lost)
+                    arrival[lost] = time.perf_counter()
+                    if not put((lost, None, frame.shape)):
+                        return
+                expected, shape = i + 1, frame.shape
                 arrival[i] = time.perf_counter()
-                n_read += 1
-                item = (i, frame, masker.prepare(frame))
-                while not stop.is_set():
-                    try:
-                        q_in.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((i, frame, masker.prepare(frame))):
                     return
-            if source.kind == "video" and source.count and n_read < source.count:
-                errors["read"] = (n_read, f"the video ends after {n_read} of the {source.count} frames its "
-                                          "header announces (truncated file?)")
+            for lost in (g for g in source.lost if g >= expected):  # a folder's last files unreadable
+                blanked.append(lost)
+                arrival[lost] = time.perf_counter()
+                expected = lost + 1
+                if not put((lost, None, shape)):
+                    return
+            read_to_end.set()
+            if source.kind == "video" and source.count and expected < source.count:
+                errors["read"] = (expected, f"the video ends after {expected} of the {source.count} frames its "
+                                            "header announces (cut short or damaged)")
         except FetalkitError as e:
             errors["read"] = (len(arrival), str(e))
         except Exception as e:  # a decoder fault mid-stream
             errors["read"] = (len(arrival), f"{type(e).__name__}: {e}")
         finally:
-            q_in.put(_END)
+            while not abandoned.is_set():
+                with contextlib.suppress(queue.Full):
+                    q_in.put(_END, timeout=0.1)
+                    break
 
     def writer():
         try:
@@ -280,37 +352,86 @@ def run_stream(source: FrameSource, output: Path, masker: Masker, log_path: Opti
 
     t0 = t_start = time.perf_counter()
     threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
-    for t in threads:
-        t.start()
-    n = 0
-    while True:
-        item = q_in.get()
-        if item is _END:
-            break
-        if stop.is_set():
-            continue
-        q_out.put(masker.step(*item, render=False))
-        n += 1
-    q_out.put(_END)
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - t0
+    try:
+        for t in threads:
+            t.start()
+        while True:
+            item = q_in.get()
+            if item is _END:
+                break
+            if stop.is_set():
+                continue
+            i, frame, pre = item
+            q_out.put(masker.lost_frame(i, pre, source.lost_reasons.get(i)) if frame is None
+                      else masker.step(i, frame, pre, render=False))
+        q_out.put(_END)
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - t0
+        failed = errors.get("read") or errors.get("write")
+        sink.close()  # after a failure too: the frames written before it stay a valid output
+    except BaseException:  # an interrupt or a fault of this thread: nothing half-written stays
+        stop.set()
+        abandoned.set()
+        with contextlib.suppress(queue.Full):
+            q_out.put(_END, timeout=1)  # the writer finishes what it holds, then stops
+        for t in threads:
+            t.join(timeout=1)
+        sink.abort()
+        if log:
+            log.discard()
+        raise
     if log:
-        log.close()
-    failed = errors.get("read") or errors.get("write")
-    sink.close()  # after a failure too: the frames written before it stay a valid output
-    report = StreamReport(len(latencies), seconds, latency_ms=latencies, encode_ms=encode_ms)
+        log.finish(publish=bool(latencies))  # a log only beside an output
+    report = StreamReport(len(latencies), seconds, latency_ms=latencies, encode_ms=encode_ms, lost=blanked,
+                          missing=source.missing() if read_to_end.is_set() else [], declared=source.count,
+                          lost_reasons=[source.lost_reasons[i] for i in blanked if i in source.lost_reasons],
+                          fps_assumed=source.output_fps if source.fps_assumed else None)
     if failed:
         report.failed_frame, report.error = failed
     return report
 
 
+class _TempLog:
+    """The per-frame log, written beside its final name and renamed there only by ``finish(publish=True)``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp_", suffix=self.path.suffix)
+        except OSError as e:
+            raise InputError(f"{printable(self.path)}: cannot write the log here ({e.strerror or e}); "
+                             "choose another --log path") from None
+        self.file = os.fdopen(fd, "w")
+
+    def write(self, text: str) -> None:
+        self.file.write(text)
+
+    def finish(self, publish: bool) -> None:
+        self.file.close()
+        if publish:
+            os.chmod(self.tmp, 0o644)  # mkstemp creates 0600; the log is an ordinary output
+            os.replace(self.tmp, self.path)
+        else:
+            self.discard()
+
+    def discard(self) -> None:
+        self.file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
 def _first_is_color(source: FrameSource) -> bool:
-    """Peek at the first frame (re-inserted) to choose a colour or gray output."""
+    """Peek at the first decodable frame (re-inserted, with any undecodable ones before it) to choose
+    a colour or gray output."""
     it = iter(source._frames)
-    try:
-        first = next(it)
-    except StopIteration:
-        raise InputError(f"{source.path}: the input holds no frames") from None
-    source._frames = itertools.chain([first], it)
+    before = []
+    for first in it:
+        if first is not None:
+            break
+        before.append(first)
+    else:
+        raise InputError(f"{printable(source.path)}: the input holds no readable frames")
+    source._frames = itertools.chain(before, [first], it)
     return first.ndim == 3
