@@ -1168,9 +1168,14 @@ def batch_cmd(job: str = typer.Argument(..., help="mask, deid, biometry-head, ao
     if not quiet:
         rate = summary.done / summary.seconds if summary.seconds else 0.0
         out.print(f"{job}: {summary.done} done ({rate:.1f} files/s), {summary.skipped} skipped (done before), "
-                  f"{summary.failed} failed, {summary.ignored} ignored (not inputs of {job})"
+                  f"{summary.failed} failed, {summary.ignored} ignored"
                   + (f", {summary.pending} not reached" if summary.pending else "")
                   + f"; {summary.manifest}, {summary.results}", soft_wrap=True)
+        for e in summary.ignored_inputs[:5]:  # by name: a FIFO or a mistyped suffix must not go unseen
+            out.print(f"ignored: {escape(e.input)}: {escape(e.error)}", highlight=False, soft_wrap=True)
+        if len(summary.ignored_inputs) > 5:
+            out.print(f"... {len(summary.ignored_inputs) - 5} more ignored, each with its reason in {summary.manifest}",
+                      highlight=False, soft_wrap=True)
     for e in summary.failures[:20]:
         console.print(f"[red]error:[/red] {escape(e.error)}", highlight=False, soft_wrap=True)
     if len(summary.failures) > 20:

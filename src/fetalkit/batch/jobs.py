@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from fetalkit.errors import InputError
 from fetalkit.io.images import read_still, write_image
+from fetalkit.io.inputs import printable
 from fetalkit.io.video import FOURCC
 
 FileRun = Callable[[Path, Path, str], dict]
@@ -81,7 +82,8 @@ def _build_mask(options: BatchOptions) -> FileRun:
         log = stage / (name + ".masklog.jsonl")
         report = run_stream(source, stage / same_form_name(name, source.kind), masker, log)
         if report.error:
-            raise InputError(f"{src}: stopped at frame {report.failed_frame} ({report.error}); nothing written")
+            raise InputError(f"{printable(src)}: stopped at frame {report.failed_frame} ({report.error}); "
+                             "nothing written")
         masked = sum(bool(json.loads(line)["masks"]) for line in log.read_text().splitlines())
         return {"frames": report.frames, "frames_masked": masked, "fps": f"{report.fps:.1f}"}
     return run
@@ -116,7 +118,8 @@ def _pixel_mm_for(src: Path, options: BatchOptions, table: Optional[dict], from_
         return options.pixel_mm
     if table is not None:
         if src.name not in table:
-            raise InputError(f"{src}: no row for {src.name} in {options.pixel_csv}; add one or use --pixel-mm")
+            raise InputError(f"{printable(src)}: no row for {printable(src.name)} in {options.pixel_csv}; "
+                             "add one or use --pixel-mm")
         return table[src.name][0]
     return from_file
 

@@ -6,11 +6,17 @@ folder and renamed into place only when the input is finished, then the
 input's entry is appended to the journal.  A rerun skips inputs whose entry
 says done (same size and modification time, or failing that the same SHA-256)
 and whose outputs are still there, and retries the failed ones.  Inputs are
-only ever read.
+only ever read: an output that would land on an input file is refused.
+
+Local workers die with the batch (``kill -9`` included), and a worker that
+crashes (a decoder's segfault) costs only the input it was reading: the inputs
+in flight with it are rerun one at a time in a fresh worker, and the one that
+crashes it again is recorded as failed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import multiprocessing
@@ -18,20 +24,22 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from fetalkit.batch.inputs import (MANIFEST_COLUMNS, STATE_DIR, Entry, Journal, compact_journal, find_inputs,
-                                   kind_of, read_journal, sha256_of)
+                                   key, kind_of, on_disk, read_journal, sha256_of)
 from fetalkit.batch.jobs import JOBS, BatchJob, BatchOptions, FileRun
 from fetalkit.errors import FetalkitError, InputError
 from fetalkit.io.images import atomic_write_bytes
+from fetalkit.io.inputs import inside, os_error, printable, refuse_overwrite
 from fetalkit.io.jobs import write_csv_rows
 
 # (job name, options) -> the built job, kept for the life of a worker process so models load once.
@@ -46,10 +54,11 @@ class BatchSummary:
     skipped: int = 0       # done by an earlier run
     failed: int = 0
     pending: int = 0       # not reached (interrupted)
-    ignored: int = 0       # files the job does not take
+    ignored: int = 0       # files the job does not take, FIFOs, sockets
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[Entry] = field(default_factory=list)
+    ignored_inputs: list[Entry] = field(default_factory=list)  # each with its reason in ``error``
 
     @property
     def manifest(self) -> Path:
@@ -69,40 +78,65 @@ def built_job(job_name: str, options: BatchOptions) -> FileRun:
 
 
 def process_one(job_name: str, options: BatchOptions, src: str, rel: str, out_dir: str) -> Entry:
-    """Run the job on one input file ``src`` (``rel`` below the archive); never raises for a bad input."""
+    """Run the job on one input file ``src`` (``rel`` below the archive, as the file system names it);
+    never raises for a bad input.  The entry names the input by :func:`key`."""
     src_path, out_path = Path(src), Path(out_dir)
-    entry = Entry(input=rel, status="failed")
+    entry = Entry(input=key(rel), status="failed")
     stage = out_path / STATE_DIR / "partial" / uuid.uuid4().hex
     t0 = time.perf_counter()
     try:
-        st = src_path.stat()
-        entry.size_bytes, entry.mtime_ns = st.st_size, st.st_mtime_ns
-        entry.sha256 = sha256_of(src_path)
+        try:
+            st = src_path.stat()
+            entry.size_bytes, entry.mtime_ns = st.st_size, st.st_mtime_ns
+            entry.sha256 = sha256_of(src_path)
+        except OSError as e:  # no permission, vanished since the listing
+            raise os_error(src_path, e) from None
         run = built_job(job_name, options)
         stage.mkdir(parents=True)
         entry.result = run(src_path, stage, src_path.name)
-        entry.outputs = _move_into_place(stage, out_path, Path(rel).parent)
+        entry.outputs = _move_into_place(stage, out_path, Path(rel).parent, src_path, _archive_root(src, rel))
         entry.status = "done"
     except FetalkitError as e:
-        message = str(e).replace("\n", " ")
-        entry.error = message if src_path.name in message else f"{src_path}: {message}"
+        message = printable(str(e).replace("\n", " "))
+        entry.error = message if printable(src_path.name) in message else f"{printable(src_path)}: {message}"
     except OSError as e:
-        entry.error = f"{src_path}: cannot read or write ({e.strerror or e}); check the file and the free space"
+        entry.error = _os_failure(src_path, e)
     except Exception as e:  # a decoder or library fault on one file must not stop an archive
-        entry.error = f"{src_path}: unexpected {type(e).__name__}: {e}".replace("\n", " ")
+        entry.error = printable(f"{src_path}: unexpected {type(e).__name__}: {e}".replace("\n", " "))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         entry.seconds = time.perf_counter() - t0
     return entry
 
 
-def _move_into_place(stage: Path, out_dir: Path, rel_parent: Path) -> list[str]:
+def _os_failure(src: Path, e: OSError) -> str:
+    """One line for an OS error while a job ran: on the input itself, or on writing the outputs."""
+    if e.filename is None or os.fspath(e.filename) == os.fspath(src):
+        return str(os_error(src, e))
+    return (f"{printable(src)}: cannot write {printable(e.filename)} ({(e.strerror or str(e)).lower()}); "
+            "check the free space and permissions of --out")
+
+
+def _archive_root(src: str, rel: str) -> Path:
+    """SRC of the batch, from an input's path and its path below SRC."""
+    return Path(src).parents[len(Path(rel).parts) - 1]
+
+
+def _move_into_place(stage: Path, out_dir: Path, rel_parent: Path, src: Path, root: Path) -> list[str]:
+    """Rename the staged outputs to their final names, after checking that none of them lands in the archive."""
+    staged = sorted(p for p in stage.rglob("*") if p.is_file())
+    dests = [out_dir / rel_parent / f.relative_to(stage) for f in staged]
+    for dest in dests:
+        # a link in --out (out/heads -> SRC/heads) would make a rename replace an input
+        refuse_overwrite([src], [dest])
+        if inside(dest, root) and not inside(dest, out_dir):
+            raise InputError(f"{printable(dest)}: this output would land in the archive {printable(root)} "
+                             f"(a link in {printable(out_dir)}?); inputs are never written, choose another --out")
     moved = []
-    for f in sorted(p for p in stage.rglob("*") if p.is_file()):
-        dest = out_dir / rel_parent / f.relative_to(stage)
+    for f, dest in zip(staged, dests):
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(f, dest)  # atomic: a file under its final name is always complete
-        moved.append(dest.relative_to(out_dir).as_posix())
+        moved.append(key(dest.relative_to(out_dir)))
     return moved
 
 
@@ -121,8 +155,38 @@ def _run_here(tasks: Iterator[Task], on_done: Callable[[Entry], None], stop: thr
         on_done(process_one(*t))
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Start of a local worker: Ctrl-C is the parent's to handle, and the worker dies with the parent.
+
+    Without this a ``kill -9`` of the batch leaves its workers (and so
+    multiprocessing's resource tracker, which waits for them) running, finishing
+    their inputs into a folder nobody records.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still ends the worker
+    if os.getppid() != parent_pid:  # the parent died while this worker started
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="fetalkit-parent-watch").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Portable fallback of PR_SET_PDEATHSIG: an orphan is adopted by another process, so its ppid changes."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: onnxruntime's thread pools do not survive a fork cleanly
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(),))
 
 
 def _fill(pending: dict, tasks: Iterator[Task], limit: int, submit, stop: threading.Event) -> None:
@@ -136,13 +200,46 @@ def _fill(pending: dict, tasks: Iterator[Task], limit: int, submit, stop: thread
 
 def _run_processes(tasks: Iterator[Task], on_done: Callable[[Entry], None], stop: threading.Event,
                    workers: int) -> None:
-    # spawn, not fork: onnxruntime's thread pools do not survive a fork cleanly
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint) as pool:
-        pending: dict = {}
-        _fill(pending, tasks, 2 * workers, lambda t: pool.submit(process_one, *t), stop)
+    """Run on ``workers`` local processes; after a worker crash, find the input that caused it, then go on."""
+    tasks = iter(tasks)
+    while True:
+        suspects = _run_pool(tasks, on_done, stop, workers)
+        if not suspects:
+            return
+        _run_suspects(suspects, on_done, stop)
+
+
+def _submit(pool: ProcessPoolExecutor, task: Task) -> Future:
+    try:
+        return pool.submit(process_one, *task)
+    except BrokenProcessPool as e:  # broke since the last wait: the task becomes a suspect like those in flight
+        f: Future = Future()
+        f.set_exception(e)
+        return f
+
+
+def _run_pool(tasks: Iterator[Task], on_done: Callable[[Entry], None], stop: threading.Event,
+              workers: int) -> list[Task]:
+    """Run ``tasks`` until done or stopped: [] then; the tasks in flight when a worker died, else.
+
+    Which of them killed the worker is unknown (a broken pool fails them all).
+    """
+    with _pool(workers) as pool:
+        pending: dict[Future, Task] = {}
+        _fill(pending, tasks, 2 * workers, lambda t: _submit(pool, t), stop)
         while pending:
             finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            if any(isinstance(f.exception(), BrokenProcessPool) for f in finished if not f.cancelled()):
+                wait(pending)  # the pool fails the others at once
+                suspects = []
+                for f, task in pending.items():
+                    if f.cancelled():
+                        continue
+                    if isinstance(f.exception(), BrokenProcessPool):
+                        suspects.append(task)
+                    else:
+                        on_done(_future_entry(f, task))
+                return suspects
             for f in finished:
                 task = pending.pop(f)
                 if not f.cancelled():
@@ -150,15 +247,40 @@ def _run_processes(tasks: Iterator[Task], on_done: Callable[[Entry], None], stop
             if stop.is_set():
                 for f in pending:
                     f.cancel()  # queued, not started: left pending for the next run
-            _fill(pending, tasks, 2 * workers, lambda t: pool.submit(process_one, *t), stop)
+            _fill(pending, tasks, 2 * workers, lambda t: _submit(pool, t), stop)
+    return []
 
 
-def _future_entry(f, task: Task) -> Entry:
+def _run_suspects(suspects: list[Task], on_done: Callable[[Entry], None], stop: threading.Event) -> None:
+    """Rerun each input that was in flight at a crash alone in one worker: one that crashes it is to blame."""
+    todo = list(suspects)
+    while todo and not stop.is_set():
+        with _pool(1) as pool:
+            while todo and not stop.is_set():
+                task = todo.pop(0)
+                f = _submit(pool, task)
+                wait([f])
+                if isinstance(f.exception(), BrokenProcessPool):
+                    on_done(_crashed(task))
+                    break  # a fresh worker for the rest
+                on_done(_future_entry(f, task))
+
+
+def _crashed(task: Task) -> Entry:
+    return Entry(input=key(task[3]), status="failed",
+                 error=f"{printable(task[2])}: the worker crashed on this input (a fault in a decoder, or out of "
+                       "memory); rerun to retry, or leave the file out")
+
+
+def _future_entry(f: Future, task: Task) -> Entry:
+    """The entry a worker returned; a failure to get it (an entry that would not pickle) is that input's failure."""
     try:
         return f.result()
     except BrokenProcessPool:
-        return Entry(input=task[3], status="failed",
-                     error=f"{task[2]}: the worker process died on this file (out of memory?); rerun to retry")
+        return _crashed(task)
+    except Exception as e:  # noqa: BLE001 - one input's failure, whatever it is
+        return Entry(input=key(task[3]), status="failed",
+                     error=printable(f"{task[2]}: unexpected {type(e).__name__}: {e}".replace("\n", " ")))
 
 
 def _run_ray(tasks: Iterator[Task], on_done: Callable[[Entry], None], stop: threading.Event, address: str,
@@ -189,8 +311,8 @@ def _run_ray(tasks: Iterator[Task], on_done: Callable[[Entry], None], stop: thre
                 try:
                     on_done(ray.get(ref))
                 except ray.exceptions.RayError as e:  # a worker or node lost mid-file
-                    on_done(Entry(input=task[3], status="failed",
-                                  error=f"{task[2]}: Ray task failed ({type(e).__name__}); rerun to retry"))
+                    on_done(Entry(input=key(task[3]), status="failed",
+                                  error=f"{printable(task[2])}: Ray task failed ({type(e).__name__}); rerun to retry"))
             _fill(pending, tasks, limit, lambda t: remote.remote(*t), stop)
     finally:
         if started:
@@ -261,15 +383,42 @@ def _uid_key(state: Path) -> str:
 
 
 def _is_done(prev: Optional[Entry], src: Path, out_dir: Path) -> Optional[Entry]:
-    """The earlier entry when the input is done and unchanged and its outputs are all there, else None."""
-    if prev is None or prev.status != "done" or not all((out_dir / o).is_file() for o in prev.outputs):
+    """The earlier entry when the input is done and unchanged and its outputs are all there, else None.
+
+    An input that cannot be read now is not done: it is run again, and its row says why it fails.
+    """
+    if prev is None or prev.status != "done" or not all(on_disk(out_dir, o) for o in prev.outputs):
         return None
-    st = src.stat()
-    if (st.st_size, st.st_mtime_ns) == (prev.size_bytes, prev.mtime_ns):
-        return prev
-    if st.st_size == prev.size_bytes and sha256_of(src) == prev.sha256:  # copied or touched, not changed
-        return replace(prev, mtime_ns=st.st_mtime_ns)
+    try:
+        st = src.stat()
+        if (st.st_size, st.st_mtime_ns) == (prev.size_bytes, prev.mtime_ns):
+            return prev
+        if st.st_size == prev.size_bytes and sha256_of(src) == prev.sha256:  # copied or touched, not changed
+            return replace(prev, mtime_ns=st.st_mtime_ns)
+    except OSError:
+        return None
     return None
+
+
+def _check_out_dir(src: Path, out_dir: Path) -> None:
+    """Refuse an --out whose outputs could land on the archive's own files (one line naming the fix)."""
+    s, o = src.resolve(), out_dir.resolve()
+    if o == s or (src.is_file() and o == s.parent):
+        raise InputError(f"{printable(out_dir)}: is the archive itself; outputs go to another folder "
+                         "(inputs are never modified)")
+    if src.is_dir() and o.is_relative_to(s) and out_dir.is_dir():
+        # left out of the inputs, so its files must be this batch's own (or none)
+        names = [p.name for p in out_dir.iterdir()]
+        if names and STATE_DIR not in names:
+            raise InputError(f"{printable(out_dir)}: inside {printable(src)} and holds files of the archive; "
+                             f"choose an --out outside {printable(src)}")
+    if src.is_dir() and s.is_relative_to(o):
+        # outputs mirror SRC's folders under --out: SRC/<its path below --out>/... would be written into SRC
+        below = s.relative_to(o)
+        if (s / below).exists():
+            raise InputError(f"{printable(out_dir)}: holds {printable(src)}, whose folder {printable(below)} would "
+                             f"receive outputs on top of the archive's files; choose an --out outside "
+                             f"{printable(src)}")
 
 
 def run_batch(job_name: str, src: Path, out_dir: Path, options: BatchOptions = BatchOptions(), workers: int = 1,
@@ -299,11 +448,10 @@ def run_batch(job_name: str, src: Path, out_dir: Path, options: BatchOptions = B
     job = JOBS[job_name]
     src, out_dir = Path(src), Path(out_dir)
     if not src.exists():
-        raise InputError(f"{src}: no such file or folder")
+        raise InputError(f"{printable(src)}: no such file or folder")
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder; choose another --out")
-    if out_dir.resolve() == src.resolve() or (src.is_file() and out_dir.resolve() == src.parent.resolve()):
-        raise InputError(f"{out_dir}: is the archive itself; outputs go to another folder (inputs are never modified)")
+        raise InputError(f"{printable(out_dir)}: exists and is not a folder; choose another --out")
+    _check_out_dir(src, out_dir)
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     state = out_dir / STATE_DIR
@@ -324,23 +472,11 @@ def _run_locked(job: BatchJob, src: Path, out_dir: Path, state: Path, options: B
     shutil.rmtree(state / "partial", ignore_errors=True)  # what a killed run was still writing
     root = src.parent if src.is_file() else src
     journal_path = state / "journal.jsonl"
-    known = read_journal(journal_path)
-    entries: dict[str, Entry] = {}
-    todo: list[str] = []
-    for rel_path in find_inputs(src, out_dir):
-        rel, path = rel_path.as_posix(), root / rel_path
-        kind = kind_of(path)
-        if kind not in job.kinds:
-            what = f"a {kind}" if kind else "not an image, video or DICOM file"
-            entries[rel] = Entry(input=rel, status="ignored", error=f"{what}; {job.name} takes "
-                                                                    f"{', '.join(sorted(job.kinds))}")
-            continue
-        prev = _is_done(known.get(rel), path, out_dir)
-        entries[rel] = prev if prev is not None else Entry(input=rel, status="pending")
-        if prev is None:
-            todo.append(rel)
+    entries, todo = _scan(job, src, root, out_dir, read_journal(journal_path))
+    ignored = [e for e in entries.values() if e.status == "ignored"]
+    not_read = [e for e in entries.values() if e.status == "failed"]  # dangling links, unreadable files
     summary = BatchSummary(job.name, out_dir, skipped=sum(e.status == "done" for e in entries.values()),
-                           ignored=sum(e.status == "ignored" for e in entries.values()))
+                           ignored=len(ignored), ignored_inputs=ignored)
     if todo:
         # build once here: a bad --model or --pixel-csv fails now, not once per file
         threads = max(1, (os.cpu_count() or 2) // workers) if ray_address is None else 1
@@ -356,7 +492,7 @@ def _run_locked(job: BatchJob, src: Path, out_dir: Path, state: Path, options: B
         if on_file:
             on_file(entry)
 
-    tasks = ((job.name, options, str(root / rel), rel, str(out_dir)) for rel in todo)
+    tasks = ((job.name, options, str(root / rel), rel.as_posix(), str(out_dir)) for rel in todo)
     stop = threading.Event()
     try:
         with _CtrlC(stop):
@@ -372,17 +508,51 @@ def _run_locked(job: BatchJob, src: Path, out_dir: Path, state: Path, options: B
         _write_tables(job, out_dir, entries)
         compact_journal(journal_path, entries.values())
         shutil.rmtree(state / "partial", ignore_errors=True)
-    in_run = [entries[rel] for rel in todo]
+    in_run = [entries[key(rel)] for rel in todo]
     summary.done = sum(e.status == "done" for e in in_run)
-    summary.failures = [e for e in in_run if e.status == "failed"]
+    summary.failures = not_read + [e for e in in_run if e.status == "failed"]
     summary.failed = len(summary.failures)
     summary.pending = sum(e.status == "pending" for e in in_run)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
+def _scan(job: BatchJob, src: Path, root: Path, out_dir: Path, known: dict[str, Entry]
+          ) -> tuple[dict[str, Entry], list[Path]]:
+    """An entry for every file under ``src`` (done before, pending, ignored with its reason, or failed
+    when it cannot be read), by :func:`key`; and the inputs to run, relative to ``root``."""
+    files, passed = find_inputs(src, out_dir)
+    entries: dict[str, Entry] = {}
+    todo: list[Path] = []
+    for rel in files:
+        k, path = key(rel), root / rel
+        try:
+            kind = kind_of(path)
+        except OSError as e:
+            entries[k] = Entry(input=k, status="failed", error=str(os_error(path, e)))
+            continue
+        if kind not in job.kinds:
+            entries[k] = Entry(input=k, status="ignored", error=_not_taken(job, kind, rel))
+            continue
+        prev = _is_done(known.get(k), path, out_dir)
+        entries[k] = prev if prev is not None else Entry(input=k, status="pending")
+        if prev is None:
+            todo.append(rel)
+    entries.update((e.input, e) for e in passed)
+    return entries, todo
+
+
+def _not_taken(job: BatchJob, kind: Optional[str], rel: Path) -> str:
+    """Why the job passes over a file: its kind, or its suffix."""
+    what = f"a {kind}; it takes {', '.join(sorted(job.kinds))}" if kind else \
+        (printable(rel.suffix) if rel.suffix else "no suffix, no DICOM preamble")
+    return f"not an input of {job.name} ({what})"
+
+
 def _write_tables(job: BatchJob, out_dir: Path, entries: dict[str, Entry]) -> None:
-    write_csv_rows(out_dir / "manifest.csv", [e.manifest_row() for e in entries.values()], MANIFEST_COLUMNS)
+    def text(row: dict) -> dict:  # a job's cell may hold a raw name: never let it stop the tables
+        return {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
+    write_csv_rows(out_dir / "manifest.csv", [text(e.manifest_row()) for e in entries.values()], MANIFEST_COLUMNS)
     columns = ["input", *job.columns]
-    rows = [{"input": e.input, **e.result} for e in entries.values() if e.status == "done"]
+    rows = [text({"input": e.input, **e.result}) for e in entries.values() if e.status == "done"]
     write_csv_rows(out_dir / "results.csv", rows, columns)
