@@ -40,6 +40,7 @@ from fetalkit.web.app import create_app  # noqa: E402
 from fetalkit.web.settings import WebSettings, check_bind, is_loopback  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
+TEST_HOSTS = ("testserver",)  # the Host the framework's TestClient sends; others get HTTP 400
 
 
 def fetalkit(*args, **kwargs):
@@ -85,7 +86,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    return create_app(WebSettings(temp_dir=tmp_path_factory.mktemp("web_tmp")))
+    return create_app(WebSettings(allowed_hosts=TEST_HOSTS, temp_dir=tmp_path_factory.mktemp("web_tmp")))
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +207,8 @@ def test_bad_uploads_get_a_4xx_json_error_and_the_server_keeps_serving(client, a
     cases = [
         (post(client, "/api/biometry/head", data.notes), 400, "notes.png: not a readable image"),
         (post(client, "/api/biometry/head", data.cine), 400, "cine.dcm: a 30-frame cine DICOM"),
-        (post(client, "/api/biometry/head", data.head_png, pixel_mm="abc"), 400, "pixel size must be a positive"),
-        (post(client, "/api/biometry/head", data.head_png, pixel_mm="-1"), 400, "pixel size must be a positive"),
+        (post(client, "/api/biometry/head", data.head_png, pixel_mm="abc"), 400, "pixel_mm (pixel size) must be"),
+        (post(client, "/api/biometry/head", data.head_png, pixel_mm="-1"), 400, "pixel_mm (pixel size) must be"),
         (post(client, "/api/mask", data.broken), 400, "broken.avi: unreadable video"),
         (post(client, "/api/mask", data.clip, classes="placenta"), 400, "placenta: not classes of the detector"),
         (post(client, "/api/deid", data.head_png, name="scan.dcm"), 400, "scan.dcm: not a DICOM file"),
@@ -229,7 +230,7 @@ def test_bad_uploads_get_a_4xx_json_error_and_the_server_keeps_serving(client, a
 
 
 def test_upload_size_limit(tmp_path, data):
-    app = create_app(WebSettings(max_upload_mb=0.05, temp_dir=tmp_path))
+    app = create_app(WebSettings(allowed_hosts=TEST_HOSTS, max_upload_mb=0.05, temp_dir=tmp_path))
     with TestClient(app) as c:
         big = tmp_path / "big.png"
         big.write_bytes(os.urandom(80_000))
@@ -242,7 +243,7 @@ def test_upload_size_limit(tmp_path, data):
 
 
 def test_token_is_checked_on_every_request(tmp_path):
-    app = create_app(WebSettings(token=TOKEN, temp_dir=tmp_path))
+    app = create_app(WebSettings(allowed_hosts=TEST_HOSTS, token=TOKEN, temp_dir=tmp_path))
     with TestClient(app) as c:
         for url in ("/", "/static/app.js", "/api/info"):
             r = c.get(url)
@@ -326,7 +327,7 @@ def test_jobs_are_bounded_and_a_full_queue_says_try_again(tmp_path, data, monkey
         job.output, job.result = upload.path, {}
 
     monkeypatch.setattr(services, "mask_job", slow_job)
-    app = create_app(WebSettings(temp_dir=tmp_path, max_running_jobs=1, max_pending_jobs=1))
+    app = create_app(WebSettings(allowed_hosts=TEST_HOSTS, temp_dir=tmp_path, max_running_jobs=1, max_pending_jobs=1))
     with TestClient(app) as c:
         first = post(c, "/api/mask", data.clip)
         assert first.status_code == 202
@@ -396,7 +397,7 @@ def test_live_fail_safe_blanks_the_frame_when_the_detector_fails(tmp_path, data)
         def detect(self, *args, **kwargs):
             raise RuntimeError("inference fault")
 
-    app = create_app(WebSettings(temp_dir=tmp_path))
+    app = create_app(WebSettings(allowed_hosts=TEST_HOSTS, temp_dir=tmp_path))
     app.state.fetalkit.models._loaded["detector"] = BrokenDetector()
     frame = frames_of(data.clip)[0]
     with TestClient(app) as c, c.websocket_connect("/api/live") as ws:

@@ -1252,7 +1252,8 @@ def serve_cmd(host: str = typer.Option("127.0.0.1", "--host", help="Address to l
               token: Optional[str] = typer.Option(None, "--token", envvar="FETALKIT_TOKEN", help="Bearer token every request must carry (open the page as /?token=...); needed off loopback."),
               max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", help="Largest upload in MB (larger: HTTP 413)."),
               temp_dir: Optional[Path] = typer.Option(None, "--temp-dir", help="Where uploads and results wait while needed (default: the system temp folder); removed on exit."),
-              jobs: int = typer.Option(1, "--jobs", min=1, help="Masking / de-identification jobs run at once (more wait in a queue).")):
+              jobs: int = typer.Option(1, "--jobs", min=1, help="Masking / de-identification jobs run at once (more wait in a queue)."),
+              allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", help="Another name the page may be opened under (a DNS name, a TLS proxy's); other Host headers get HTTP 400. Repeatable.")):
     """Serve the clinician page on this machine: masking (file and live), biometry, de-identification."""
     try:
         from fetalkit.web.server import serve
@@ -1260,7 +1261,8 @@ def serve_cmd(host: str = typer.Option("127.0.0.1", "--host", help="Address to l
         fail(f"fetalkit serve needs the web extra ({e.name} is not installed): pip install 'fetalkit[web]'")
     from fetalkit import __version__
     from fetalkit.web.settings import WebSettings, check_bind
-    settings = WebSettings(max_upload_mb=max_upload_mb, token=token, temp_dir=temp_dir, max_running_jobs=jobs)
+    settings = WebSettings(max_upload_mb=max_upload_mb, token=token, temp_dir=temp_dir, max_running_jobs=jobs,
+                           host=host, allowed_hosts=tuple(allow_host or ()))
     warning = check_bind(host, token)
     if warning:
         console.print(f"[yellow]{warning}[/yellow]", highlight=False, soft_wrap=True)

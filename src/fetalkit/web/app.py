@@ -21,7 +21,10 @@ and what to do; the server keeps serving):
 ==========================  =====================================================
 
 Uploads are ``multipart/form-data`` with the file in the field ``file``.  Long
-work runs on thread pools (fetalkit.web.jobs), never on the event loop.
+work runs on thread pools (fetalkit.web.jobs), never on the event loop.  Every
+request must name this server in its ``Host`` header (loopback, the address served
+on, ``--allow-host``; else 400), typed numbers must lie in their stated range, and an
+image's declared size is checked before it is decoded (413 above ``FETALKIT_MAX_PIXELS``).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from fetalkit.masking.render import STYLES
 from fetalkit.web import services
 from fetalkit.web.jobs import JobManager, user_message
 from fetalkit.web.live import LiveMasker
-from fetalkit.web.settings import WebSettings
+from fetalkit.web.settings import HostPolicy, WebSettings
 from fetalkit.web.upload import Upload, receive_upload
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -102,19 +105,26 @@ def _status_of(error: FetalkitError) -> int:
 
 
 class Guard:
-    """ASGI middleware: refuses cross-site posts / WebSockets, and checks the token when one is set.
+    """ASGI middleware: refuses other hosts' names and cross-site posts / WebSockets, and checks the
+    token when one is set.
+
+    The ``Host`` check comes first: a page of another site can point a DNS name of its own
+    at 127.0.0.1 (DNS rebinding) and then reach the loopback server as if same-site; only
+    the names in ``hosts`` (loopback, the bound address, --allow-host) are served.
 
     A token is taken from ``Authorization: Bearer <token>`` or from the cookie set by
     opening ``/?token=<token>`` (the page then works like any other, token-free URL).
     """
 
-    def __init__(self, app, token: str | None):
-        self.app, self.token = app, token
+    def __init__(self, app, token: str | None, hosts: HostPolicy):
+        self.app, self.token, self.hosts = app, token, hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
+        if not self.hosts.allows(headers.get("host")):
+            return await self._deny(scope, receive, send, 400, _host_refused(headers.get("host")))
         if self._cross_site(scope, headers):
             return await self._deny(scope, receive, send, 403, "cross-site request refused: use the page "
                                     "served by this fetalkit server")
@@ -159,6 +169,12 @@ class Guard:
         await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
 
 
+def _host_refused(host: str | None) -> str:
+    shown = repr(host[:80]) if host else "(none)"
+    return (f"Host {shown} is not a name of this server (refused so that pages of other sites cannot reach it); "
+            "open the page as http://127.0.0.1:<port>/, or start fetalkit serve with --allow-host <name>")
+
+
 def create_app(settings: WebSettings | None = None) -> FastAPI:
     """The web app of ``fetalkit serve`` (its temp folder is removed when the app shuts down)."""
     settings = settings or WebSettings()
@@ -173,7 +189,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     app = FastAPI(title="fetalkit", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     app.state.fetalkit = state
-    app.add_middleware(Guard, token=settings.token)
+    app.add_middleware(Guard, token=settings.token, hosts=HostPolicy.of(settings))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def error_response(message: str, status: int, **extra) -> JSONResponse:
@@ -280,7 +296,10 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
     async def live(ws: WebSocket):
         await ws.accept()
         try:
-            start = json.loads(await ws.receive_text())
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            start = _start_message(message.get("text"))
             detector = await state.quick(state.models.detector)
             cfg = services.mask_config(start.get("classes"), start.get("style"), detector.classes)
             session = LiveMasker(detector, cfg)
@@ -299,6 +318,18 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
                 await ws.close(1008)
 
     return app
+
+
+def _start_message(text: str | None) -> dict:
+    """The live stream's first message, a JSON object (RequestError for anything else)."""
+    try:
+        start = json.loads(text) if text is not None else None
+    except (ValueError, RecursionError) as e:
+        raise RequestError(f"bad start message ({str(e)[:80]}); send a JSON object") from None
+    if not isinstance(start, dict):
+        raise RequestError("start with {\"source\": \"camera\"} or {\"source\": \"file\", \"upload\": id}, "
+                           "sent as a JSON text message")
+    return start
 
 
 async def _mask_camera(ws: WebSocket, state: AppState, session: LiveMasker) -> None:

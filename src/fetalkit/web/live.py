@@ -5,7 +5,9 @@ so the detector's fail-safe holds here as in ``fetalkit mask``: a frame the
 detector fails on comes back with its imaging sector blanked.  Only frames that
 went through ``step`` are ever sent; a frame that cannot be decoded or masked
 is answered with an error status and no picture, and the page then blanks its
-view.
+view.  A frame's declared size is checked before it is decoded (a 1 MB PNG can
+declare 30000 x 30000 pixels): a larger one than :func:`fetalkit.io.inputs.max_pixels`
+gets the error status, and the stream goes on.
 
 Protocol (``/api/live``): the page sends one JSON text message
 ``{"source": "camera" | "file", "upload": id, "classes": "a,b", "style": "fill"}``;
@@ -26,6 +28,7 @@ import cv2
 import numpy as np
 
 from fetalkit.errors import InputError
+from fetalkit.io.inputs import check_pixels, declared_image_size
 from fetalkit.masking.pipeline import Masker, MaskConfig
 
 JPEG_QUALITY = 85
@@ -69,8 +72,12 @@ class LiveMasker:
         return status, jpeg.tobytes()
 
     def mask_jpeg(self, data: bytes) -> tuple[dict, bytes]:
-        """Decode a frame sent by the page (JPEG or PNG) and mask it."""
-        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        """Decode a frame sent by the page (JPEG or PNG) and mask it; its declared size is checked first."""
+        name = f"frame {self.index}"
+        size = declared_image_size(data, name) if data else None
+        if size is not None:
+            check_pixels(name, *size)
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if size is not None else None
         if frame is None:
             raise InputError(f"frame {self.index}: not a JPEG/PNG picture ({len(data)} bytes); the view is blanked")
         return self.mask(frame)

@@ -26,7 +26,8 @@ import numpy as np
 
 from fetalkit.biometry.aop import CaudalEnd, Opening
 from fetalkit.errors import InputError, RequestError
-from fetalkit.io.images import IMAGE_SUFFIXES, check_image_content, read_still, write_image
+from fetalkit.io.images import check_image_content, read_still, write_image
+from fetalkit.io.inputs import IMAGE_SUFFIXES, check_pixels, declared_image_size
 from fetalkit.io.jobs import write_csv_rows
 from fetalkit.io.video import FOURCC, FrameSource, open_source
 from fetalkit.masking.pipeline import MaskConfig
@@ -73,21 +74,69 @@ def png_data_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
 
 
-def parse_pixel_mm(text: Optional[str]) -> Optional[float]:
-    """The typed pixel size (mm), None when left empty; RequestError when it is not a number."""
+# Pixel sizes fetalkit measures with, in mm: scanners export 0.02 to 1 mm; outside this range a
+# typo (1e308, 0.0000001) would give an infinite or meaningless HC rather than an error.
+PIXEL_MM_RANGE = (0.001, 10.0)
+
+
+def parse_number(text: Optional[str], field: str, low: float, high: float, unit: str = "",
+                 example: str = "") -> Optional[float]:
+    """A typed number in [low, high], None when left empty; RequestError naming the field and the
+    range for text, nan, inf or anything outside it."""
     if text is None or not text.strip():
         return None
     try:
-        value = float(text.replace(",", "."))
+        value = float(text.strip().replace(",", "."))
     except ValueError:
         value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise RequestError(f"pixel size must be a positive number of mm (e.g. 0.12), got {text!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        hint = f" (e.g. {example})" if example else ""
+        raise RequestError(f"{field} must be a number from {low:g} to {high:g}{unit}{hint}, got {text[:40]!r}")
     return value
+
+
+def parse_pixel_mm(text: Optional[str]) -> Optional[float]:
+    """The typed pixel size (mm), None when left empty; RequestError when it is not a plausible one."""
+    return parse_number(text, "pixel_mm (pixel size)", *PIXEL_MM_RANGE, unit=" mm", example="0.12")
+
+
+def check_file_pixel_mm(upload: Upload, pixel_mm: Optional[float]) -> Optional[float]:
+    """A DICOM's own pixel size, refused when outside PIXEL_MM_RANGE (the page can type one instead)."""
+    low, high = PIXEL_MM_RANGE
+    if pixel_mm is not None and not (math.isfinite(pixel_mm) and low <= pixel_mm <= high):
+        raise InputError(f"{upload.name}: the file's pixel size {pixel_mm:g} mm is outside {low:g} to {high:g} mm; "
+                         "type the pixel size (pixel_mm) to measure it")
+    return pixel_mm
+
+
+# --------------------------------------------------------------------------- decoded size
+
+
+def check_image_size(data: bytes, name: str) -> None:
+    """Refuse an image before decoding when its header declares more pixels than fetalkit decodes
+    (HTTP 413: a 1 MB PNG can declare 30000 x 30000), or when no size can be read from it (400):
+    the decoder would otherwise allocate whatever the file declares."""
+    try:
+        size = declared_image_size(data, name) if data else None
+        if size is not None:
+            check_pixels(name, *size)
+    except InputError as e:
+        raise RequestError(str(e), 413) from None
+    if size is None:
+        raise InputError(f"{name}: not a readable image (expected PNG/JPEG/BMP/TIFF); check the file or "
+                         "export it again")
+
+
+def check_upload_size(upload: Upload) -> None:
+    """An uploaded image's declared size, before anything decodes it (DICOMs: read_dicom checks its
+    Rows x Columns x frames; videos: probe_video checks the frame size once opened)."""
+    if upload.path.suffix.lower() in IMAGE_SUFFIXES:
+        check_image_size(upload.path.read_bytes(), upload.name)
 
 
 def _measurable(upload: Upload, work_dir: Path) -> tuple[Path, np.ndarray, Optional[float]]:
     """The image file to measure (a DICOM's frame written as PNG), its pixels and the file's pixel size."""
+    check_upload_size(upload)
     image, file_pixel_mm = read_still(upload.path)
     check_image_content(upload.path, image)
     if upload.path.suffix.lower() in IMAGE_SUFFIXES:
@@ -115,6 +164,8 @@ def measure_head(models: Models, upload: Upload, work_dir: Path, pixel_mm: Optio
     """
     from fetalkit.biometry.head_job import COLUMNS, measure_files
     path, _, file_pixel_mm = _measurable(upload, work_dir)
+    if pixel_mm is None:
+        file_pixel_mm = check_file_pixel_mm(upload, file_pixel_mm)
     px = pixel_mm if pixel_mm is not None else file_pixel_mm
     source = "typed" if pixel_mm is not None else ("dicom" if file_pixel_mm is not None else None)
     rows = measure_files([path], work_dir / "out", pixel_mm=px, model=models.head())
@@ -144,6 +195,8 @@ def measure_aop(models: Models, upload: Upload, work_dir: Path, caudal_end: str,
 
 def mask_config(classes: Optional[str], style: Optional[str], detector_classes: list[str]) -> MaskConfig:
     """``fetalkit mask``'s defaults with the page's two choices: classes to hide (comma-separated) and style."""
+    if not isinstance(classes, (str, type(None))) or not isinstance(style, (str, type(None))):
+        raise RequestError("classes and style must be text (classes comma-separated, e.g. \"fetal_head\")")
     wanted = [c for c in (classes or "").split(",") if c.strip()] or None
     unknown = [c for c in wanted or [] if c not in detector_classes]
     if unknown:
@@ -155,8 +208,14 @@ def mask_config(classes: Optional[str], style: Optional[str], detector_classes: 
 
 
 def probe_video(upload: Upload) -> dict:
-    """Frames, rate and size of an uploaded video (InputError naming it when it cannot be read)."""
+    """Frames, rate and size of an uploaded video (InputError naming it when it cannot be read;
+    RequestError 413 when its frames are larger than fetalkit decodes)."""
+    check_upload_size(upload)
     source = open_source(str(upload.path))
+    try:
+        check_pixels(upload.name, *source.size_hw)
+    except InputError as e:
+        raise RequestError(str(e), 413) from None
     return {"kind": source.kind, "frames": source.count, "fps": source.fps,
             "height": source.size_hw[0], "width": source.size_hw[1]}
 
