@@ -21,12 +21,10 @@ import argparse
 import hashlib
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import cv2
@@ -37,17 +35,6 @@ PROBE = ("import resource, subprocess, sys; "
          "r = subprocess.run(sys.argv[1:], capture_output=True); "
          "sys.stdout.buffer.write(b'%d %d\\n' % (r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
          "sys.stdout.buffer.write(r.stderr)")
-
-
-def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
-    comp = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)
-    data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
 def write_clip(path: Path, n: int = 40, size_hw=(240, 320)) -> None:
@@ -68,6 +55,7 @@ def damage_middle_frame(src: Path, dst: Path) -> None:
 
 
 def build_archive(root: Path) -> Path:
+    from fetalkit.synth.hostile import bomb_png, drop_frame_timing
     from fetalkit.synth.phantom import write_phantom_folder
     src = root / "archive"
     stills = src / "stills"
@@ -97,15 +85,7 @@ def build_archive(root: Path) -> Path:
         shutil.copy(p, frames / f"f{k:03d}.png")
     from fetalkit.io.dicom import write_dicom
     stack = np.stack([np.full((64, 80), 30 + 10 * k, np.uint8) for k in range(6)])
-    cine = clips / "cine.dcm"
-    write_dicom(cine, stack, fps=20.0)
-    import pydicom
-    ds = pydicom.dcmread(cine)
-    for keyword in ("FrameTime", "FrameTimeVector", "CineRate", "RecommendedDisplayFrameRate", "FrameIncrementPointer"):
-        if keyword in ds:
-            delattr(ds, keyword)
-    ds.save_as(clips / "cine_no_timing.dcm")
-    cine.unlink()
+    drop_frame_timing(write_dicom(clips / "cine_no_timing.dcm", stack, fps=20.0))
     return src
 
 

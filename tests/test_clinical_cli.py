@@ -12,6 +12,7 @@ import pytest
 
 from fetalkit.io.images import read_gray, write_image
 from fetalkit.preprocess.text import draw_synthetic_overlays
+from fetalkit.synth.hostile import bomb_png
 from fetalkit.synth.phantom import head_phantom
 
 
@@ -134,21 +135,9 @@ def test_deid_video_cleans_every_frame(tmp_path):
     assert not (tmp_path / "anon.png").exists()
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    """A small PNG whose header declares width x height (a few rows of data: decoding would allocate it all)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    rows = zlib.compress(b"\x00" * (width + 1) * 4)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
-
-
 def test_deid_refuses_a_png_declaring_a_huge_size_before_decoding(tmp_path):
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png_declaring(30000, 30000))
+    bomb.write_bytes(bomb_png(30000, 30000))
     res = fetalkit("deid", bomb, "-o", tmp_path / "anon.png")
     assert res.returncode == 1 and "bomb.png: declares" in res.stderr and "FETALKIT_MAX_PIXELS" in res.stderr
     assert "libpng" not in res.stderr and "Traceback" not in res.stderr
@@ -169,13 +158,10 @@ def test_deid_folder_input_and_folder_output(frames, tmp_path):
 
 def test_deid_cine_without_frame_timing_says_the_rate_written(tmp_path):
     pytest.importorskip("pydicom")
-    import pydicom
     from fetalkit.io.dicom import read_dicom, write_dicom
+    from fetalkit.synth.hostile import drop_frame_timing
     src = write_dicom(tmp_path / "untimed.dcm", np.stack([head_phantom(seed=s).image for s in (4, 5)]), fps=20.0)
-    ds = pydicom.dcmread(src)
-    for keyword in ("FrameTime", "FrameIncrementPointer", "CineRate", "RecommendedDisplayFrameRate"):
-        delattr(ds, keyword)
-    ds.save_as(src)
+    drop_frame_timing(src)
     res = fetalkit("deid", src, "-o", tmp_path / "anon.dcm", "--json")
     assert res.returncode == 0, res.stderr
     assert "no frame timing in" in res.stderr and "untimed.dcm: written at 25 frames/s" in res.stderr

@@ -9,10 +9,8 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
@@ -25,21 +23,10 @@ from fetalkit.errors import InputError
 from fetalkit.io.images import read_gray
 from fetalkit.io.inputs import check_pixels, decode_image, list_inputs, printable
 from fetalkit.io.jobs import plan_stems, process_files
+from fetalkit.synth.hostile import bomb_png
 from fetalkit.synth.phantom import write_phantom_folder
 
 LATIN1_NAME = b"caf\xe9.png"  # an old archive's Latin-1 name: not UTF-8
-
-
-def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
-    """A valid PNG of zeros that declares width x height pixels in under 1 MB."""
-    comp = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)
-    data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,9 @@ import logging
 import resource
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import cv2
@@ -26,6 +24,7 @@ from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from fetalkit.demo import phantom_clip  # noqa: E402
 from fetalkit.io.dicom import write_dicom  # noqa: E402
+from fetalkit.synth.hostile import bomb_png  # noqa: E402
 from fetalkit.io.images import write_image  # noqa: E402
 from fetalkit.synth.phantom import head_phantom  # noqa: E402
 from fetalkit.web import services  # noqa: E402
@@ -39,18 +38,6 @@ MAX_GROWTH_MB = 300  # a decoded 30000 x 30000 bomb is 900 MB grey, 2.7 GB colou
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A valid PNG of zeros declaring width x height, built without ever holding its pixels:
-    1-bit grey, so 30000 x 30000 is about 110 KB and decodes to 900 MB (8-bit) or more."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    z, row = zlib.compressobj(9), bytes((width + 7) // 8 + 1)  # filter byte + packed bits
-    idat = b"".join(z.compress(row * min(1000, height - y)) for y in range(0, height, 1000)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def peak_rss_mb() -> float:
