@@ -128,7 +128,13 @@ def test_template_context_is_kept_with_a_new_instance(tmp_path):
     assert ds.SOPInstanceUID != template.SOPInstanceUID
     assert read_dicom(out).pixel_mm == pytest.approx((0.15, 0.15))  # regions kept
     assert "WindowCenter" not in ds and 0x60003000 not in ds
-    assert ds.ImageType[0] == "DERIVED" and ds.BurnedInAnnotation == "NO"
+    # no one checked these pixels for text: YES unless the caller (or the template) says NO
+    assert ds.ImageType[0] == "DERIVED" and ds.BurnedInAnnotation == "YES"
+    template.BurnedInAnnotation = "NO"
+    kept = write_dicom(tmp_path / "kept.dcm", _frames(1)[0], template=template)
+    assert read_dicom(kept).dataset.BurnedInAnnotation == "NO"
+    cleaned = write_dicom(tmp_path / "claimed.dcm", _frames(1)[0], template=template, burned_in_annotation="NO")
+    assert read_dicom(cleaned).dataset.BurnedInAnnotation == "NO"
 
     new_series = read_dicom(write_dicom(tmp_path / "b.dcm", _frames(1)[0], template=template, new_series=True))
     assert new_series.dataset.StudyInstanceUID == template.StudyInstanceUID

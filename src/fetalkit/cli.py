@@ -1106,21 +1106,29 @@ def clean_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or folde
 def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file, a video (.mp4 .avi .mov .mkv .m4v) or an image."),
              output: Path = typer.Option(..., "-o", "--output", help="Output file (never the input)."),
              clean: bool = typer.Option(True, help="Also remove burned-in text from the pixels."),
+             shift_dates: bool = typer.Option(False, "--shift-dates", help="DICOM: move each patient's dates by one number of days (-365..-1, from a keyed hash of the Patient ID; intervals kept) instead of removing them."),
+             keep: Optional[List[str]] = typer.Option(None, "--keep", help="DICOM: keep this attribute as it is, by keyword or tag (repeatable); you answer for what it reveals."),
              json_out: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
-    """De-identify: DICOM PS3.15 basic profile (new consistent UIDs) and burned-in text removed from the pixels."""
+    """De-identify: DICOM PS3.15 basic profile + an ultrasound attribute allow-list (new consistent UIDs), burned-in text removed from the pixels."""
     from fetalkit.io.inputs import printable
     from fetalkit.preprocess.jobs import deidentify_path
-    report = deidentify_path(src, output, clean=clean)
+    report = deidentify_path(src, output, clean=clean, shift_dates=shift_dates, keep=tuple(keep or ()))
     if report.get("fps_assumed"):  # on stderr: --json output stays JSON
         console.print(f"no frame timing in {printable(src)}: written at {report['fps_assumed']:g} frames/s",
                       highlight=False, soft_wrap=True, markup=False)
+    if report.get("patient_identity_removed") == "NO":
+        console.print(f"kept on request: {', '.join(report['kept_on_request'])}; they are identifying, so the "
+                      "file says PatientIdentityRemoved NO", highlight=False, soft_wrap=True, markup=False)
     if json_out:
         out.print_json(json.dumps(report))
         return
     if "removed" in report:
-        out.print(f"removed {len(report['removed'])}, emptied {len(report['emptied'])}, replaced "
-                  f"{len(report['replaced'])} attributes; {report['uids_remapped']} UIDs remapped; "
-                  f"{report['private_tags_removed']} private tags removed; BurnedInAnnotation {report['burned_in_annotation']}")
+        out.print(f"removed {len(report['removed'])} by the profile and {len(report['removed_by_allowlist'])} by the "
+                  f"allow-list, emptied {len(report['emptied'])}, replaced {len(report['replaced'])}, "
+                  f"dates shifted {len(report['shifted'])}, kept on request {len(report['kept_on_request'])} "
+                  f"attributes; {report['uids_remapped']} UIDs remapped; {report['private_tags_removed']} private "
+                  f"tags removed; pixel data {report['pixel_data']}; BurnedInAnnotation {report['burned_in_annotation']}",
+                  highlight=False, soft_wrap=True, markup=False)
     elif report["kind"] == "video":
         out.print(f"{report['frames']} frames re-encoded without metadata; {report['overlay_px_removed']} "
                   f"burned-in pixels removed")

@@ -34,11 +34,18 @@ class BatchOptions:
     overlays: bool = True              # biometry-head, aop, detect: write overlay PNGs
     threads: int = 1                   # onnxruntime threads per worker
     uid_key: Optional[str] = None      # deid: the batch's secret UID key (see fetalkit.deid.UidMap)
+    shift_dates: bool = False          # deid: shift each patient's dates (keyed by uid_key) instead of removing them
+    keep: tuple[str, ...] = ()         # deid: attributes kept as they are (keywords or tags)
 
     def fingerprint(self) -> dict:
         """The options that decide the outputs (a resumed run must repeat them)."""
         d = asdict(self)
         d.pop("threads"), d.pop("uid_key")
+        for name in ("shift_dates", "keep"):  # absent when unused: batches recorded before them still resume
+            if not d[name]:
+                d.pop(name)
+        if "keep" in d:
+            d["keep"] = sorted(d["keep"])  # as json.load gives it back
         return d
 
 
@@ -93,14 +100,16 @@ def _build_mask(options: BatchOptions) -> FileRun:
 
 
 def _build_deid(options: BatchOptions) -> FileRun:
-    from fetalkit.deid import UidMap
+    from fetalkit.deid import UidMap, keep_tags
     from fetalkit.preprocess.jobs import deidentify_path
     if options.uid_key is None:
         raise ValueError("deid needs the batch's uid_key")
+    keep_tags(options.keep)  # a mistyped keep fails once, not once per file
     uids = UidMap(key=options.uid_key)  # same key in every worker: one study keeps one new StudyInstanceUID
 
     def run(src: Path, stage: Path, name: str) -> dict:
-        report = deidentify_path(src, stage / same_form_name(name, _kind_of(src)), uid_map=uids, clean=True)
+        report = deidentify_path(src, stage / same_form_name(name, _kind_of(src)), uid_map=uids, clean=True,
+                                 shift_dates=options.shift_dates, keep=options.keep)
         uids.mapping.clear()  # keyed: nothing to remember, and the map would only grow
         return {"kind": report.get("kind", "dicom"), "attributes_removed": len(report.get("removed", [])),
                 "attributes_emptied": len(report.get("emptied", [])),

@@ -1,10 +1,11 @@
 """DICOM reading and writing for ultrasound frames.
 
 ``read_dicom`` turns any ultrasound DICOM fetalkit can decode into N x H x W
-uint8 grayscale frames plus the metadata the rest of the toolkit needs (pixel
-size in mm, frame rate).  ``write_dicom`` writes frames back as a standard
-Ultrasound (Multi-frame) Image, keeping the patient/study context of a template
-so that a masked or cleaned clip stays attached to its study.
+uint8 grayscale frames (``colour=True``: N x H x W x 3 BGR for a colour file)
+plus the metadata the rest of the toolkit needs (pixel size in mm, frame rate).
+``write_dicom`` writes frames back as a standard Ultrasound (Multi-frame) Image,
+MONOCHROME2 or RGB as the frames are, uncompressed, keeping the patient/study
+context of a template so that a masked or cleaned clip stays attached to its study.
 
 Decoding goes through pydicom's pixel handlers:
 
@@ -44,9 +45,12 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
     ExplicitVRLittleEndian,
+    HTJ2K,
     ImplicitVRLittleEndian,
+    JPEG2000,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLSNearLossless,
     UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
     generate_uid,
@@ -93,6 +97,11 @@ _PIXEL_KEYWORDS = (
     "PixelPaddingRangeLimit", "WindowCenter", "WindowWidth", "WindowCenterWidthExplanation",
     "VOILUTFunction", "VOILUTSequence", "ModalityLUTSequence", "RescaleIntercept",
     "RescaleSlope", "RescaleType", "ICCProfile", "ColorSpace",
+    # A palette image is written as RGB: its lookup tables would describe pixels no longer stored.
+    *(f"{prefix}{c}PaletteColorLookupTable{part}" for c in ("Red", "Green", "Blue", "Alpha")
+      for prefix, part in (("", "Descriptor"), ("", "Data"), ("Segmented", "Data"))),
+    *(f"Large{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue")),
+    "PaletteColorLookupTableUID", "LargePaletteColorLookupTableUID", "PixelPresentation",
     # A thumbnail of the old pixels could still show burned-in text.
     "IconImageSequence",
     # Cine timing is rewritten from ``fps``.
@@ -107,6 +116,14 @@ _TYPE2_KEYWORDS = (
     "ReferringPhysicianName", "StudyID", "AccessionNumber", "SeriesNumber", "Manufacturer",
     "InstanceNumber", "PatientOrientation",
 )
+# Lossy transfer syntaxes -> Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1): a file decoded
+# from one stays flagged lossy when fetalkit writes it uncompressed.
+_LOSSY_METHODS = {
+    JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1", JPEG2000: "ISO_15444_1",
+    JPEGLSNearLossless: "ISO_14495_1", HTJ2K: "ISO_15444_15",
+}
+# Photometric interpretations whose chroma was subsampled: already lossy, whatever the transfer syntax.
+_SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420")
 # Where these say which body part was imaged, Laterality (2C) is theirs to decide.
 _ANATOMY_KEYWORDS = ("Laterality", "ImageLaterality", "BodyPartExamined", "AnatomicRegionSequence")
 
@@ -118,7 +135,8 @@ class DicomFrames:
     Attributes
     ----------
     frames : np.ndarray
-        N x H x W uint8 grayscale (N = 1 for a single-frame image).
+        N x H x W uint8 grayscale (N = 1 for a single-frame image); N x H x W x 3
+        BGR uint8 when a colour file was read with ``colour=True``.
     pixel_mm : tuple of float or None
         ``(x_mm, y_mm)``: width and height of one pixel in mm, from the Sequence
         of Ultrasound Regions (or Pixel Spacing); None when the file does not say.
@@ -188,13 +206,15 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
     return ds
 
 
-def read_dicom(path: str | os.PathLike) -> DicomFrames:
-    """Read a DICOM image or cine clip as N x H x W uint8 grayscale frames.
+def read_dicom(path: str | os.PathLike, colour: bool = False) -> DicomFrames:
+    """Read a DICOM image or cine clip as N x H x W uint8 grayscale frames (or colour ones).
 
     Conversions, so every caller gets the same frames:
 
-    * colour (RGB, YBR_FULL, YBR_FULL_422, PALETTE COLOR) -> gray with ITU-R
-      BT.601 luma (0.299 R + 0.587 G + 0.114 B), as ``io.images.read_gray``;
+    * colour (RGB, YBR_FULL, YBR_FULL_422, YBR_RCT/ICT, PALETTE COLOR) -> RGB (YBR by
+      pydicom, a palette through its lookup table), then with ``colour=True``
+      N x H x W x 3 BGR (OpenCV's order, as ``io.images`` and ``io.video``), else
+      gray with ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B), as ``io.images.read_gray``;
     * MONOCHROME1 is inverted, so that bright always means echogenic;
     * more than 8 bits (or signed) -> uint8 by the file's first VOI window
       (Window Center/Width, after Rescale Slope/Intercept) when it has one,
@@ -206,6 +226,9 @@ def read_dicom(path: str | os.PathLike) -> DicomFrames:
     path : str or PathLike
         Single- or multi-frame DICOM, uncompressed, RLE, JPEG Baseline/Extended
         or JPEG 2000 (JPEG-LS and JPEG Lossless when their decoders are installed).
+    colour : bool
+        Keep the colour of a colour file (outputs written in the source's colour);
+        grey files give N x H x W either way.  Models take the grey frames.
 
     Returns
     -------
@@ -229,7 +252,7 @@ def read_dicom(path: str | os.PathLike) -> DicomFrames:
                          "pass an ultrasound image or cine DICOM")
     _check_declared_size(p, ds)
     raw = _decode_pixels(p, ds)
-    frames = _to_gray_uint8(p, ds, raw)
+    frames = _to_uint8_frames(p, ds, raw, colour)
     del ds.PixelData  # the caller has the frames; keep the header light
     return DicomFrames(frames=frames, pixel_mm=pixel_mm_from_dataset(ds), fps=fps_from_dataset(ds),
                        dataset=ds, source=p)
@@ -294,8 +317,8 @@ def _decode_pixels(p: Path, ds: Dataset) -> np.ndarray:
                          "the file may be truncated or corrupt") from e
 
 
-def _to_gray_uint8(p: Path, ds: Dataset, arr: np.ndarray) -> np.ndarray:
-    """Decoded pixels -> N x H x W uint8 gray (see ``read_dicom`` for the rules)."""
+def _to_uint8_frames(p: Path, ds: Dataset, arr: np.ndarray, colour: bool = False) -> np.ndarray:
+    """Decoded pixels -> N x H x W uint8 gray, or N x H x W x 3 BGR (``colour``, colour files)."""
     n_frames = int(ds.get("NumberOfFrames") or 1)
     samples = int(ds.get("SamplesPerPixel") or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -306,6 +329,8 @@ def _to_gray_uint8(p: Path, ds: Dataset, arr: np.ndarray) -> np.ndarray:
         samples = 3
     if arr.dtype != np.uint8:
         arr = _scale_to_uint8(ds, arr)
+    if samples == 3 and colour and arr.ndim == 4 and arr.shape[-1] == 3:
+        return np.ascontiguousarray(arr[..., ::-1])  # pydicom has already turned YBR into RGB
     if samples == 3:
         # pydicom has already turned YBR into RGB; BT.601 luma as io.images.read_gray.
         arr = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in arr])
@@ -432,14 +457,18 @@ def write_dicom(
     *,
     fps: float | None = None,
     pixel_mm: float | tuple[float, float] | None = None,
-    burned_in_annotation: str | None = "NO",
+    burned_in_annotation: str | None = None,
     sop_instance_uid: str | None = None,
     new_series: bool = False,
 ) -> Path:
     """Write frames as a DICOM Ultrasound Image (1 frame) or Ultrasound Multi-frame Image.
 
-    The file is Explicit VR Little Endian, MONOCHROME2, 8 bits, with a Part 10
-    preamble and file meta, and is written atomically (temp file + rename).
+    The file is Explicit VR Little Endian (uncompressed: never a second lossy
+    encode), 8 bits, MONOCHROME2 for grey frames and RGB (Planar Configuration 0)
+    for colour ones, with a Part 10 preamble and file meta, written atomically
+    (temp file + rename).  A template that was lossy (a lossy transfer syntax,
+    chroma-subsampled YBR, or Lossy Image Compression 01) keeps Lossy Image
+    Compression 01 with its ratio and method, as PS3.3 C.7.6.1.1.5 requires.
     With a ``template`` (e.g. ``read_dicom(...).dataset``) every non-pixel
     attribute is kept (patient, study, series, equipment, ultrasound regions)
     so that the written image joins the template's study and series; attributes
@@ -451,7 +480,8 @@ def write_dicom(
     path : str or PathLike
         Output file; its folder is created.
     frames : np.ndarray
-        N x H x W (or H x W) uint8 grayscale.
+        N x H x W (or H x W) uint8 grayscale, or N x H x W x 3 uint8 BGR (a single
+        colour frame as ``frame[None]``), as ``read_dicom(..., colour=True)`` gives.
     template : pydicom.Dataset, optional
         Dataset to copy the context from; it is not modified.
     fps : float, optional
@@ -464,8 +494,9 @@ def write_dicom(
         and dropped otherwise (their coordinates would be wrong).
     burned_in_annotation : {"NO", "YES"} or None
         Burned In Annotation (0028,0301): whether the written pixels show
-        identifying text.  "NO" is a claim the caller makes; None keeps the
-        template's value.
+        identifying text.  "NO" is a claim only a caller that removed the text
+        makes; None (default) keeps the template's YES or NO and writes YES when
+        it says nothing (masking, say, hides regions, not the burned-in text).
     sop_instance_uid : str, optional
         SOP Instance UID to write; a new one is generated by default.
     new_series : bool
@@ -478,7 +509,7 @@ def write_dicom(
     """
     p = Path(path)
     stack = _as_frame_stack(frames)
-    n_frames, height, width = stack.shape
+    n_frames, height, width = stack.shape[:3]
     if fps is None and template is not None:
         fps = fps_from_dataset(template)
     if n_frames > 1 and not fps:
@@ -489,11 +520,7 @@ def write_dicom(
     if n_frames > 1:
         _set_cine(ds, float(fps))
     _set_regions(ds, template, height, width, pixel_mm)
-    if burned_in_annotation is not None:
-        value = burned_in_annotation.strip().upper()
-        if value not in ("YES", "NO"):
-            raise ValueError(f"burned_in_annotation must be 'YES', 'NO' or None, got {burned_in_annotation!r}")
-        ds.BurnedInAnnotation = value
+    ds.BurnedInAnnotation = _burned_in(burned_in_annotation, template)
     ds.file_meta = _file_meta(ds, ExplicitVRLittleEndian)
     return _atomic_dcmwrite(p, ds)
 
@@ -515,9 +542,22 @@ def _as_frame_stack(frames: np.ndarray) -> np.ndarray:
     stack = np.asarray(frames)
     if stack.ndim == 2:
         stack = stack[None]
-    if stack.ndim != 3 or stack.dtype != np.uint8 or 0 in stack.shape:
-        raise ValueError(f"frames must be N x H x W (or H x W) uint8, got {stack.shape} {stack.dtype}")
+    colour = stack.ndim == 4 and stack.shape[3] == 3
+    if not (stack.ndim == 3 or colour) or stack.dtype != np.uint8 or 0 in stack.shape:
+        raise ValueError(f"frames must be N x H x W (or H x W) grey or N x H x W x 3 BGR uint8, "
+                         f"got {stack.shape} {stack.dtype}")
     return np.ascontiguousarray(stack)
+
+
+def _burned_in(value: str | None, template: Dataset | None) -> str:
+    """The Burned In Annotation to write: the caller's claim, else the template's, else YES."""
+    if value is None:
+        stated = str((template or {}).get("BurnedInAnnotation") or "").strip().upper()
+        return stated if stated in ("YES", "NO") else "YES"  # no one checked these pixels for text
+    text = value.strip().upper()
+    if text not in ("YES", "NO"):
+        raise ValueError(f"burned_in_annotation must be 'YES', 'NO' or None, got {value!r}")
+    return text
 
 
 def _context_from(template: Dataset | None) -> Dataset:
@@ -554,27 +594,39 @@ def _set_identity(ds: Dataset, n_frames: int, sop_instance_uid: str | None, new_
 
 
 def _set_image_pixel(ds: Dataset, stack: np.ndarray, template: Dataset | None) -> None:
-    n_frames, height, width = stack.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    n_frames, height, width = stack.shape[:3]
+    colour = stack.ndim == 4
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
+    if colour:
+        ds.PlanarConfiguration = 0  # R, G, B of each pixel together
     ds.Rows, ds.Columns = height, width
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelRepresentation = 0
     if n_frames > 1:
         ds.NumberOfFrames = n_frames
-    if template is not None and _was_lossy(template) and ds.get("LossyImageCompression") != "01":
-        # Once lossy, always flagged lossy (PS3.3 C.7.6.1.1.5), even when stored uncompressed.
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = "ISO_10918_1"
-    data = stack.tobytes()
+    if template is not None:
+        _keep_lossy_flag(ds, template)
+    data = (stack[..., ::-1] if colour else stack).tobytes()  # BGR (OpenCV) -> RGB (DICOM)
     if len(data) % 2:
         data += b"\x00"  # DICOM values have even length
     ds.add_new(0x7FE00010, "OB", data)
 
 
-def _was_lossy(template: Dataset) -> bool:
-    ts = getattr(template, "file_meta", {}).get("TransferSyntaxUID")
-    return ts in (JPEGBaseline8Bit, JPEGExtended12Bit)
+def _keep_lossy_flag(ds: Dataset, template: Dataset) -> None:
+    """Once lossy, always flagged lossy (PS3.3 C.7.6.1.1.5), even when stored uncompressed.
+
+    ``ds`` already holds the template's ratio and method (context attributes); the
+    method of the template's transfer syntax is added when it names none.
+    """
+    ts = str(getattr(template, "file_meta", {}).get("TransferSyntaxUID") or "")
+    method = _LOSSY_METHODS.get(ts)
+    subsampled = str(template.get("PhotometricInterpretation", "")).strip().upper() in _SUBSAMPLED
+    if method is None and not subsampled and template.get("LossyImageCompression") != "01":
+        return
+    ds.LossyImageCompression = "01"
+    if method is not None and not ds.get("LossyImageCompressionMethod"):
+        ds.LossyImageCompressionMethod = method
 
 
 def _set_cine(ds: Dataset, fps: float) -> None:

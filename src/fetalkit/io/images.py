@@ -27,6 +27,16 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
     return read_still(path)[0]
 
 
+def read_colour(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file or a single-frame DICOM as stored: H x W grey or H x W x 3 BGR uint8.
+
+    For outputs that keep the source's colour (``fetalkit clean``); models take
+    :func:`read_gray`'s frame (or ``fetalkit.io.video.to_gray`` of this one: the same
+    BT.601 luma).  Errors as :func:`read_gray`.
+    """
+    return read_still(path, colour=True)[0]
+
+
 def is_dicom_file(path: str | os.PathLike) -> bool:
     """DICOM by suffix, or by the 'DICM' marker after the 128-byte preamble (archives name files IM0001)."""
     p = Path(path)
@@ -109,8 +119,9 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     return list_inputs(inputs)[0]
 
 
-def read_still(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
-    """One H x W uint8 grey image from an image file or a single-frame DICOM, with its pixel size.
+def read_still(path: str | os.PathLike, colour: bool = False) -> tuple[np.ndarray, float | None]:
+    """One H x W uint8 grey image from an image file or a single-frame DICOM, with its pixel size
+    (``colour``: a colour file's H x W x 3 BGR image instead).
 
     The pixel size in mm comes from the DICOM (its ultrasound regions or Pixel
     Spacing); image files carry none, so it is None for them.  A cine DICOM or
@@ -118,9 +129,9 @@ def read_still(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
     """
     p = Path(path)
     if not is_dicom_file(p):
-        return decode_image(read_bytes(p), p, keep_colour=False), None
+        return decode_image(read_bytes(p), p, keep_colour=colour), None
     from fetalkit.io.dicom import read_dicom
-    d = read_dicom(p)
+    d = read_dicom(p, colour=colour)
     if len(d.frames) != 1:
         raise InputError(f"{printable(p)}: a {len(d.frames)}-frame cine DICOM; measurements take a single image "
                          "(export the frame to measure, or mask the clip)")

@@ -98,6 +98,7 @@ def cv2_path(path: str | os.PathLike) -> Iterator[str]:
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
+    """What models see: the frame itself when grey, else BT.601 luma of the BGR frame."""
     return frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
 
 
@@ -213,7 +214,7 @@ def open_source(source: str) -> FrameSource:
         return _open_video(p)
     if suffix in DICOM_SUFFIXES:
         from fetalkit.io.dicom import read_dicom
-        d = read_dicom(p)
+        d = read_dicom(p, colour=True)  # frames as stored: a colour clip's output stays colour
         n = len(d.frames)
         return FrameSource("dicom", str(p), d.fps, d.frames.shape[1:3], n, iter(d.frames), dicom=d,
                            fps_assumed=n > 1 and not d.fps)
@@ -326,20 +327,28 @@ class FolderSink:
 
 
 class DicomSink:
-    """Collects frames and writes one multi-frame DICOM (the source's metadata as template) on close."""
+    """Collects frames and writes one multi-frame DICOM (the source's metadata as template) on close.
+
+    Frames are written in the source's colour (RGB for a colour source, MONOCHROME2 for a
+    grey one) and with the source's Burned In Annotation (YES when it states none): what
+    passes through a sink (masking) hides regions, it does not remove burned-in text.
+    """
 
     def __init__(self, path: Path, source: FrameSource):
         self.path, self.source, self.frames = path, source, []
+        self.colour = source.dicom.frames.ndim == 4
 
     def write(self, frame: np.ndarray) -> None:
-        self.frames.append(to_gray(frame))
+        if self.colour and frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        self.frames.append(frame if self.colour else to_gray(frame))
 
     def close(self) -> None:
         from fetalkit.io.dicom import write_dicom
         if self.frames:
             d = self.source.dicom
             write_dicom(self.path, np.stack(self.frames), template=d.dataset, fps=self.source.output_fps,
-                        pixel_mm=d.pixel_mm)
+                        pixel_mm=d.pixel_mm, burned_in_annotation=None)
 
     def abort(self) -> None:
         self.frames.clear()

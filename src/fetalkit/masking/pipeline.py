@@ -4,7 +4,9 @@ Three stages run at once, joined by bounded queues (memory stays flat over any
 length of video): a reader thread decodes and letterboxes each frame for the
 network, the calling thread detects and applies the hold rule (onnxruntime releases
 the GIL), and a writer thread renders and encodes.  Frames keep their order and none
-is dropped: a queue blocks instead.
+is dropped: a queue blocks instead.  Frames keep their colour: the detector, the hold
+rule and the fail-safe sector see the grey frame (BT.601 luma, ``PreparedFrame.gray``),
+the masks are drawn on the frame as read, so a colour input gives a colour output.
 
 Fail-safe: if the detector fails on a frame (an exception, or no result), that frame
 is written with the imaging sector (or the whole frame) blanked and the log says so;

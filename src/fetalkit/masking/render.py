@@ -1,7 +1,8 @@
 """Drawing masks over frames: margins, a minimum size, and the fail-safe blank.
 
-Boxes are x1, y1, x2, y2 in frame pixels.  Rendering always works on a copy: the
-input frame is never changed in place.
+Boxes are x1, y1, x2, y2 in frame pixels.  Frames are H x W grey or H x W x 3 BGR and
+keep their colour: every channel of a masked pixel is hidden, no other pixel changes.
+Rendering always works on a copy: the input frame is never changed in place.
 """
 
 from __future__ import annotations

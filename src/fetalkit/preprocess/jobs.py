@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Callable, Optional
@@ -9,7 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from fetalkit.errors import FetalkitError, InputError
-from fetalkit.io.images import atomic_write_bytes, check_min_size, read_gray, write_image
+from fetalkit.io.images import atomic_write_bytes, check_min_size, read_colour, read_gray, write_image
 from fetalkit.io.inputs import printable
 from fetalkit.io.jobs import plan_job, write_csv_rows
 from fetalkit.preprocess.sector import detect_sector, draw_sector_overlay
@@ -17,6 +18,8 @@ from fetalkit.preprocess.text import TextRemovalParams, remove_overlay
 
 SECTOR_COLUMNS = ["filename", "kind", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "fit_iou", "error"]
 CLEAN_COLUMNS = ["filename", "sector", "overlay_px", "inpainted_px", "filled_px", "error"]
+# Above any uint8 chroma: remove_overlay's colour cue off (see clean_frame).
+_NO_COLOUR_CUE = 256
 
 
 def sector_files(inputs: list, out_dir: Path, progress=None) -> list[dict]:
@@ -41,23 +44,37 @@ def sector_files(inputs: list, out_dir: Path, progress=None) -> list[dict]:
 
 
 def clean_frame(image: np.ndarray, params: TextRemovalParams = TextRemovalParams()):
-    """Remove burned-in text from one grey frame, confined by its detected sector (whole frame when none is found)."""
+    """Remove burned-in text from one frame, confined by its detected sector (whole frame when none is found).
+
+    ``image`` is H x W grey or H x W x 3 BGR; the result has its shape and colour.  The
+    sector, the overlay detection and its model see the grey frame (BT.601 luma), so a
+    colour frame gets exactly the overlay mask its grey frame gets; only the replacement
+    (background fill outside the sector, inpainting inside) is done in colour, so that a
+    glyph on a coloured header bar takes the bar's colour, not a grey that still shows it.
+    The colour cue of ``remove_overlay`` stays off: it takes colour Doppler flow for
+    coloured marks (7 % of the frame's chroma, the Doppler flow, on pydicom's examples_rgb_color.dcm).
+    """
+    from fetalkit.io.video import to_gray
+    gray = to_gray(image)
     try:
-        sector_mask = detect_sector(image).mask
+        sector_mask = detect_sector(gray).mask
         kind = "found"
     except FetalkitError:
         sector_mask, kind = None, "none (whole frame treated as inside)"
+    if image.ndim == 3:
+        params = dataclasses.replace(params, colour_min_chroma=_NO_COLOUR_CUE)
     return remove_overlay(image, sector_mask, params), kind
 
 
 def clean_files(inputs: list, out_dir: Path, params: TextRemovalParams = TextRemovalParams(),
                 progress=None) -> list[dict]:
-    """Remove burned-in text/annotations: ``<stem>.png`` cleaned, ``<stem>_removed.png`` (mask), ``cleaning.csv``."""
+    """Remove burned-in text/annotations: ``<stem>.png`` cleaned (in the input's colour), ``<stem>_removed.png``
+    (mask), ``cleaning.csv``."""
     job = plan_job(inputs, out_dir, lambda stem: [f"{stem}.png", f"{stem}_removed.png"], summary=["cleaning.csv"])
     stems = job.stems
 
     def measure(path: Path, row: dict, write) -> None:
-        image = read_gray(path)
+        image = read_colour(path)  # a colour scan gives a colour PNG; the detection sees its grey
         check_min_size(path, image)
         result, kind = clean_frame(image, params)
         row.update(sector=kind, overlay_px=int(result.overlay_mask.sum()), inpainted_px=result.inpainted_px,
@@ -79,10 +96,13 @@ def is_dicom(path: Path) -> bool:
         return False
 
 
-def deidentify_path(src: Path, dst: Path, uid_map=None, clean: bool = True) -> dict:
+def deidentify_path(src: Path, dst: Path, uid_map=None, clean: bool = True, shift_dates: bool = False,
+                    keep: tuple = ()) -> dict:
     """De-identify a DICOM file, a video or an image.
 
-    DICOM goes through the PS3.15 basic profile; videos and images are re-encoded from
+    DICOM goes through the PS3.15 basic profile and fetalkit's attribute allow-list
+    (``shift_dates`` and ``keep`` as in :func:`fetalkit.deid.deidentify_dataset`; images
+    and videos carry no attributes, so they ignore them); videos and images are re-encoded from
     their pixels only (no container tags, EXIF or PNG text survive) with burned-in text
     removed. Returns a JSON-serialisable report.  ``dst`` may be an existing folder: the
     output is then written into it under the input's name.  An output that is (or links
@@ -90,6 +110,8 @@ def deidentify_path(src: Path, dst: Path, uid_map=None, clean: bool = True) -> d
     """
     from fetalkit.io.inputs import decode_image, printable, read_bytes, refuse_overwrite
     from fetalkit.io.video import VIDEO_SUFFIXES
+    from fetalkit.deid import keep_tags
+    keep_tags(keep)  # a mistyped --keep fails before any file is read
     _check_deid_source(src)
     if dst.is_dir():
         dst = dst / src.name
@@ -97,14 +119,15 @@ def deidentify_path(src: Path, dst: Path, uid_map=None, clean: bool = True) -> d
     cleaner: Optional[Callable[[np.ndarray], np.ndarray]] = (lambda f: clean_frame(f)[0].image) if clean else None
     if is_dicom(src) or src.suffix.lower() == ".dcm":
         from fetalkit.deid import UidMap, deidentify_file
-        report = deidentify_file(src, dst, uid_map if uid_map is not None else UidMap(), clean_pixels=cleaner)
+        report = deidentify_file(src, dst, uid_map if uid_map is not None else UidMap(), clean_pixels=cleaner,
+                                 shift_dates=shift_dates, keep=keep)
         return report.as_dict()
     if src.suffix.lower() in VIDEO_SUFFIXES:
         return deidentify_video(src, dst, clean)
     if dst.suffix.lower() not in (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"):
         raise InputError(f"{printable(dst)}: output of an image must be an image file (.png)")
-    image = decode_image(read_bytes(src), src, keep_colour=False)  # declared size checked before decoding
-    result, kind = clean_frame(image)
+    image = decode_image(read_bytes(src), src, keep_colour=True)  # declared size checked before decoding
+    result, kind = clean_frame(image)  # colour kept; the detection sees the grey frame
     write_image(dst, result.image)
     return {"source": printable(src), "output": printable(dst), "kind": "image",
             "metadata": "dropped (pixels re-encoded)", "pixels_cleaned": True,
