@@ -1147,6 +1147,8 @@ def batch_cmd(job: str = typer.Argument(..., help="mask, deid, biometry-head, ao
               pixel_mm: Optional[float] = typer.Option(None, "--pixel-mm", help="biometry-head: pixel size in mm for every input (else from --pixel-csv or the DICOM)."),
               pixel_csv: Optional[Path] = typer.Option(None, "--pixel-csv", help="biometry-head: HC18-style csv (filename,pixel size(mm)), by file name."),
               overlays: bool = typer.Option(True, help="biometry-head, aop, detect: write overlay PNGs."),
+              shift_dates: bool = typer.Option(False, "--shift-dates", help="deid: shift each patient's dates by one keyed number of days (intervals kept) instead of removing them."),
+              keep: Optional[List[str]] = typer.Option(None, "--keep", help="deid: keep this attribute as it is (keyword or tag; repeatable); the report names it."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only.")):
     """Run one job over a whole archive, resumable: rerun the same command to skip what is done and retry what failed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
@@ -1154,8 +1156,13 @@ def batch_cmd(job: str = typer.Argument(..., help="mask, deid, biometry-head, ao
     from fetalkit.batch import BatchOptions, run_batch
     if pixel_mm is not None and pixel_csv is not None:
         fail("give either --pixel-mm or --pixel-csv, not both")
+    if (shift_dates or keep) and job != "deid":
+        fail(f"--shift-dates and --keep are options of the deid job, not of {job}")
+    if keep:
+        from fetalkit.deid import keep_tags
+        keep_tags(keep)  # an unknown name is refused before the archive is read
     options = BatchOptions(model=model, pixel_mm=pixel_mm, pixel_csv=str(pixel_csv) if pixel_csv else None,
-                           overlays=overlays)
+                           overlays=overlays, shift_dates=shift_dates, keep=tuple(keep or ()))
 
     class FilesPerSecond(ProgressColumn):
         def render(self, task) -> Text:
