@@ -33,6 +33,9 @@ data_app = typer.Typer(help="Dataset tools: detection boxes, duplicates.", no_ar
 app.add_typer(data_app, name="data")
 bench_app = typer.Typer(help="Benchmarks on your data: masking on video.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+audit_app = typer.Typer(help="Audit what an output still reveals: de-identified files, masked clips (exit 1 on a leak).",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
 out = Console()
@@ -1149,6 +1152,7 @@ def batch_cmd(job: str = typer.Argument(..., help="mask, deid, biometry-head, ao
               overlays: bool = typer.Option(True, help="biometry-head, aop, detect: write overlay PNGs."),
               shift_dates: bool = typer.Option(False, "--shift-dates", help="deid: shift each patient's dates by one keyed number of days (intervals kept) instead of removing them."),
               keep: Optional[List[str]] = typer.Option(None, "--keep", help="deid: keep this attribute as it is (keyword or tag; repeatable); the report names it."),
+              audit: bool = typer.Option(False, "--audit", help="mask, deid: audit every output (fetalkit audit) into <name>.audit.json; an output that leaks is not published and its input fails."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only.")):
     """Run one job over a whole archive, resumable: rerun the same command to skip what is done and retry what failed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
@@ -1158,11 +1162,13 @@ def batch_cmd(job: str = typer.Argument(..., help="mask, deid, biometry-head, ao
         fail("give either --pixel-mm or --pixel-csv, not both")
     if (shift_dates or keep) and job != "deid":
         fail(f"--shift-dates and --keep are options of the deid job, not of {job}")
+    if audit and job not in ("mask", "deid"):
+        fail(f"--audit audits the outputs of mask and deid, not of {job}")
     if keep:
         from fetalkit.deid import keep_tags
         keep_tags(keep)  # an unknown name is refused before the archive is read
     options = BatchOptions(model=model, pixel_mm=pixel_mm, pixel_csv=str(pixel_csv) if pixel_csv else None,
-                           overlays=overlays, shift_dates=shift_dates, keep=tuple(keep or ()))
+                           overlays=overlays, shift_dates=shift_dates, keep=tuple(keep or ()), audit=audit)
 
     class FilesPerSecond(ProgressColumn):
         def render(self, task) -> Text:
@@ -1285,6 +1291,59 @@ def serve_cmd(host: str = typer.Option("127.0.0.1", "--host", help="Address to l
     out.print(f"fetalkit {__version__}: open http://{shown}:{port}/" + ("?token=<your token>" if token else "")
               + f"  (uploads up to {max_upload_mb:g} MB; Ctrl-C stops)", highlight=False, soft_wrap=True)
     serve(settings, host, port)
+
+
+def _audit_error(e: Exception) -> str:
+    from fetalkit.io.inputs import os_error
+    return str(os_error(e.filename, e)) if isinstance(e, OSError) and e.filename else str(e)
+
+
+def _print_audit(audit, json_out: bool) -> None:
+    """The report as JSON on stdout (--json; the summary line then on stderr), else the summary line; exit 1 on a leak."""
+    line = audit.summary()
+    if json_out:
+        out.print_json(json.dumps(audit.as_dict(), default=str))
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    else:
+        out.print(line, highlight=False, soft_wrap=True, markup=False)
+    if not audit.clean:
+        raise typer.Exit(1)
+
+
+@audit_app.command("deid")
+def audit_deid_cmd(original: Path = typer.Argument(..., help="The file before de-identification (DICOM, image or video)."),
+                   output: Path = typer.Argument(..., help="Its de-identified output (any tool's; DICOM, image or video)."),
+                   max_residual: float = typer.Option(0.03, "--max-residual", min=0.0, help="Residual text above this (edge energy left in the text regions, 0-1) is a leak."),
+                   ocr: bool = typer.Option(True, "--ocr/--no-ocr", help="Read the text regions with Tesseract (when installed)."),
+                   json_out: bool = typer.Option(False, "--json", help="Print the whole report as JSON (the summary line goes to stderr).")):
+    """Audit a de-identified file: profile actions, identifying strings in its bytes, residual burned-in text. Exit 0 clean, 1 leak, 2 usage error."""
+    from fetalkit.audit.deid import audit_deid
+    try:
+        audit = audit_deid(original, output, max_residual=max_residual, ocr=ocr)
+    except (FetalkitError, OSError) as e:  # exit 1 means a leak: a file that cannot be audited is a usage error
+        fail(_audit_error(e), code=2)
+    _print_audit(audit, json_out)
+
+
+@audit_app.command("mask")
+def audit_mask_cmd(original: str = typer.Argument(..., help="The clip before masking: image, folder of frames, video or DICOM."),
+                   masked: str = typer.Argument(..., help="Its masked output, same frame size."),
+                   truth: Optional[Path] = typer.Option(None, "--truth", help='Per-frame truth boxes: JSON list of {"frame": i, "bbox": [x, y, w, h], "category": c}.'),
+                   model: str = typer.Option(None, "--model", help="Detector: bundled name or .onnx (default: the bundled detector)."),
+                   classes: str = typer.Option(None, "--classes", help="Comma-separated classes that had to be hidden (default: all classes of the model)."),
+                   max_leaked: int = typer.Option(0, "--max-leaked", min=0, help="Leaked frames tolerated before the audit fails."),
+                   conf: float = typer.Option(None, help="Detector confidence (default: the model's operating point)."),
+                   threads: int = typer.Option(2, help="onnxruntime threads."),
+                   json_out: bool = typer.Option(False, "--json", help="Print the whole report as JSON (the summary line goes to stderr).")):
+    """Audit a masked clip frame by frame: is what the detector finds in the original hidden? Exit 0 clean, 1 leak, 2 usage error."""
+    from fetalkit.audit.mask import audit_mask
+    try:
+        audit = audit_mask(original, masked, truth=truth, model=model,
+                           classes=classes.split(",") if classes else None, max_leaked=max_leaked, conf=conf,
+                           threads=threads)
+    except (FetalkitError, OSError) as e:
+        fail(_audit_error(e), code=2)
+    _print_audit(audit, json_out)
 
 
 def _finish(rows: list[dict], quiet: bool, where: str) -> None:
