@@ -325,3 +325,32 @@ def test_cine_without_frame_timing_is_written_at_the_stated_default(tmp_path):
 def _save_phi(path: Path) -> Path:
     pydicom.dcmwrite(path, _phi_dataset(STUDY_UID + ".3.8"), enforce_file_format=True)
     return path
+
+
+def _text_scan(tmp_path: Path) -> Path:
+    """A phantom scan with a header line of burned-in text above its sector, as a DICOM file."""
+    from fetalkit.io.dicom import write_dicom
+    from fetalkit.synth.phantom import head_phantom
+    image = head_phantom(seed=21).image.copy()
+    image[:40] = 60  # a grey UI bar
+    cv2.putText(image, "DOE JANE 20.05.2015 2:47:33 PM", (12, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 230, 2)
+    template = Dataset()
+    template.PatientName = "DOE^JANE"
+    return write_dicom(tmp_path / "text.dcm", image[None], template=template, burned_in_annotation="YES")
+
+
+def test_burned_in_annotation_no_only_when_the_audit_agrees(tmp_path):
+    src = _text_scan(tmp_path)
+    # a cleaner that removes nothing: the text stays, so no claim of clean pixels is written
+    left = deidentify_file(src, tmp_path / "left.dcm", UidMap(), clean_pixels=lambda f: f)
+    ds = pydicom.dcmread(tmp_path / "left.dcm")
+    assert left.pixels_verified is False and left.pixel_residual > 0.5
+    assert ds.BurnedInAnnotation == "YES"
+    assert "113101" not in [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]
+    # fetalkit's cleaner blanks the header line: the audit agrees, and only then NO + Clean Pixel Data
+    from fetalkit.preprocess.jobs import clean_frame
+    done = deidentify_file(src, tmp_path / "done.dcm", UidMap(), clean_pixels=lambda f: clean_frame(f)[0].image)
+    ds = pydicom.dcmread(tmp_path / "done.dcm")
+    assert done.pixels_verified is True and done.pixel_residual <= 0.03
+    assert ds.BurnedInAnnotation == "NO"
+    assert "113101" in [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]

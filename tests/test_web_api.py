@@ -302,6 +302,8 @@ def test_masking_a_video_equals_the_cli_frame_for_frame(client, app, data, cli_m
     web = frames_of(download(client, job, tmp_path / "web.avi"))
     assert len(web) == len(cli_masked) == 30
     assert all(np.array_equal(a, b) for a, b in zip(web, cli_masked))
+    # the page shows the machine audit of the download, naming no server path
+    assert r["audit"]["clean"] is True and r["audit"]["summary"].startswith("audit mask clip_masked.avi: clean")
     # the preview is the most masked frame, and the head in it is covered by the fill
     k = r["preview_frame"]
     assert r["preview_masks"] and data.clip_boxes[k] is not None
@@ -358,6 +360,8 @@ def test_deid_lists_the_attributes_and_burned_in_regions_removed(client, data, t
     assert b"DOE^JANE" not in path.read_bytes() and b"CITY HOSPITAL" not in path.read_bytes()
     ds = pydicom.dcmread(path)
     assert ds.PatientIdentityRemoved == "YES" and ds.BurnedInAnnotation == "NO"
+    assert r["audit"]["summary"].startswith("audit deid phi_deid.dcm: ")
+    assert r["audit"]["clean"] is True, r["audit"]["summary"]  # synthetic overlays on a phantom: all removed
 
 
 # ------------------------------------------------------------------ live masking

@@ -30,7 +30,7 @@ Also removed: every private element (odd group) at any level, and curves
 **Allow-list.**  The table names what the standard knew to be identifying when
 it was written; a scanner writes more (free text, attributes of later editions,
 unknown elements).  So an attribute the table does not act on is kept only when
-it is on ``_ALLOWED_KEYWORDS``: what an ultrasound image needs to be displayed and
+it is on ``ALLOWED_KEYWORDS``: what an ultrasound image needs to be displayed and
 measured (image pixel module, palette LUTs, US region calibration, frame timing,
 modality and SOP class, coded anatomy and view, de-identification method).
 Everything else is removed and listed in the report's ``removed_by_allowlist``.
@@ -130,7 +130,7 @@ _ALLOWLIST_NAME = "fetalkit ultrasound image attribute allow-list"  # a second D
 # what an ultrasound image needs to be displayed, calibrated and played, and nothing written as free
 # text.  Anything not here (and not kept by the table as emptied / dummy / new UID) is removed, so
 # attributes of later editions, unknown elements and scanners' free text cannot leak.
-_ALLOWED_KEYWORDS = (
+ALLOWED_KEYWORDS = (
     # SOP common, modality, series / instance numbering (type 1 and 2 of the US image IODs)
     "SpecificCharacterSet", "SOPClassUID", "ImageType", "Modality", "SeriesNumber", "InstanceNumber",
     "AcquisitionNumber", "PatientOrientation", "Laterality", "ImageLaterality", "BodyPartExamined",
@@ -179,7 +179,7 @@ _ALLOWED_KEYWORDS = (
     "PixelComponentPhysicalUnits", "PixelComponentDataType", "NumberOfTableBreakPoints", "TableOfXBreakPoints",
     "TableOfYBreakPoints", "NumberOfTableEntries", "TableOfPixelValues", "TableOfParameterValues",
 )
-_ALLOWED = frozenset(Tag(k) for k in _ALLOWED_KEYWORDS)  # Tag() refuses a misspelt keyword at import
+_ALLOWED = frozenset(Tag(k) for k in ALLOWED_KEYWORDS)  # Tag() refuses a misspelt keyword at import
 # Type 2 attributes that may hold free text: present and empty, as the IOD asks, never their value.
 _EMPTIED = frozenset(Tag(k) for k in ("PositionReferenceIndicator",))
 
@@ -336,6 +336,8 @@ class DeidReport:
     # Frame rate written into a cleaned cine that stated none (FrameTime, FrameTimeVector, CineRate): the
     # default, said so; None when the source's own timing was kept.
     fps_assumed: float | None = None
+    pixels_verified: bool | None = None   # cleaned pixels passed the residual-text audit (None: not cleaned)
+    pixel_residual: float | None = None   # the largest residual-text ratio of the frames checked
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -777,17 +779,36 @@ def deidentify_file(
     else:
         clip = read_dicom(src_path, colour=True)  # the output keeps the source's colour
         cleaned = np.stack([_clean_frame(clean_pixels, frame) for frame in clip.frames])
-        out, report = deidentify_dataset(clip.dataset, uid_map, pixels_cleaned=True, shift_dates=shift_dates,
+        # the claims (Burned In Annotation NO, Clean Pixel Data) are written only when the audit agrees
+        verified, residual = verify_cleaned_pixels(clip.frames, cleaned)
+        out, report = deidentify_dataset(clip.dataset, uid_map, pixels_cleaned=verified, shift_dates=shift_dates,
                                          keep=keep)
+        report.pixels_verified, report.pixel_residual = verified, residual
         fps = clip.fps
         if fps is None and len(cleaned) > 1:  # a cine must state its timing: the default, reported
             from fetalkit.io.video import DEFAULT_FPS
             fps = fps_assumed = DEFAULT_FPS
-        write_dicom(dst_path, cleaned, template=out, fps=fps, burned_in_annotation="NO",
+        write_dicom(dst_path, cleaned, template=out, fps=fps, burned_in_annotation="NO" if verified else "YES",
                     sop_instance_uid=out.SOPInstanceUID)
     report.source, report.output = printable(src_path), printable(dst_path)
     report.fps_assumed = fps_assumed
     return report
+
+
+MAX_VERIFIED_FRAMES = 5  # a cine is checked on this many frames, evenly spaced (burned-in text is static)
+
+
+def verify_cleaned_pixels(originals: np.ndarray, cleaned: np.ndarray) -> tuple[bool, float]:
+    """Whether cleaned frames show no residual burned-in text (fetalkit.audit's residual-structure
+    measure, without OCR for speed), and the largest residual ratio found.
+
+    The measure, not OCR, is what catches outlines a person reads after a contrast
+    stretch; ``fetalkit audit deid`` adds OCR on the written file.
+    """
+    from fetalkit.audit.pixels import residual_text
+    picks = np.unique(np.linspace(0, len(originals) - 1, min(len(originals), MAX_VERIFIED_FRAMES)).round().astype(int))
+    results = [residual_text(originals[i], cleaned[i], ocr=False) for i in picks]
+    return not any(r.leak for r in results), max((float(r.residual) for r in results), default=0.0)
 
 
 def _strip_pixel_metadata(path: Path, source: Dataset, out: Dataset) -> str:

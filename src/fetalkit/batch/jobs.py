@@ -36,12 +36,13 @@ class BatchOptions:
     uid_key: Optional[str] = None      # deid: the batch's secret UID key (see fetalkit.deid.UidMap)
     shift_dates: bool = False          # deid: shift each patient's dates (keyed by uid_key) instead of removing them
     keep: tuple[str, ...] = ()         # deid: attributes kept as they are (keywords or tags)
+    audit: bool = False                # mask, deid: audit every output; one that leaks is not published
 
     def fingerprint(self) -> dict:
         """The options that decide the outputs (a resumed run must repeat them)."""
         d = asdict(self)
         d.pop("threads"), d.pop("uid_key")
-        for name in ("shift_dates", "keep"):  # absent when unused: batches recorded before them still resume
+        for name in ("shift_dates", "keep", "audit"):  # absent when unused: batches recorded before them still resume
             if not d[name]:
                 d.pop(name)
         if "keep" in d:
@@ -87,13 +88,30 @@ def _build_mask(options: BatchOptions) -> FileRun:
         source = open_source(str(src))
         masker = Masker(detector, MaskConfig())  # a new hold state for every clip
         log = stage / (name + ".masklog.jsonl")
-        report = run_stream(source, stage / same_form_name(name, source.kind), masker, log)
+        output = stage / same_form_name(name, source.kind)
+        report = run_stream(source, output, masker, log)
         if report.error:
             raise InputError(f"{printable(src)}: stopped at frame {report.failed_frame} ({report.error}); "
                              "nothing written")
         masked = sum(bool(json.loads(line)["masks"]) for line in log.read_text().splitlines())
-        return {"frames": report.frames, "frames_masked": masked, "fps": f"{report.fps:.1f}"}
+        row = {"frames": report.frames, "frames_masked": masked, "fps": f"{report.fps:.1f}"}
+        if options.audit:
+            from fetalkit.audit.mask import audit_mask
+            row.update(_audited(src, stage, name, audit_mask(src, output, detector=detector)))
+        return row
     return run
+
+
+def _audited(src: Path, stage: Path, name: str, audit) -> dict:
+    """Write ``<name>.audit.json`` beside the output; an output that leaks is refused (never published)."""
+    from fetalkit.io.images import atomic_write_bytes
+    for field_name in ("output", "masked"):  # name the output as published, not its staging path
+        if hasattr(audit, field_name):
+            setattr(audit, field_name, printable(name))
+    if not audit.clean:
+        raise InputError(f"{printable(src)}: the output was not published, its audit found a leak: {audit.summary()}")
+    atomic_write_bytes(stage / (name + ".audit.json"), json.dumps(audit.as_dict(), indent=1, default=str).encode())
+    return {"audit": "clean"}
 
 
 # --------------------------------------------------------------------------- deid
@@ -111,10 +129,15 @@ def _build_deid(options: BatchOptions) -> FileRun:
         report = deidentify_path(src, stage / same_form_name(name, _kind_of(src)), uid_map=uids, clean=True,
                                  shift_dates=options.shift_dates, keep=options.keep)
         uids.mapping.clear()  # keyed: nothing to remember, and the map would only grow
-        return {"kind": report.get("kind", "dicom"), "attributes_removed": len(report.get("removed", [])),
-                "attributes_emptied": len(report.get("emptied", [])),
-                "uids_remapped": report.get("uids_remapped", ""),
-                "burned_in_px_removed": report.get("overlay_px_removed", "")}
+        row = {"kind": report.get("kind", "dicom"), "attributes_removed": len(report.get("removed", [])),
+               "attributes_emptied": len(report.get("emptied", [])),
+               "uids_remapped": report.get("uids_remapped", ""),
+               "burned_in_px_removed": report.get("overlay_px_removed", "")}
+        if options.audit:
+            from fetalkit.audit.deid import audit_deid
+            output = stage / same_form_name(name, _kind_of(src))
+            row.update(_audited(src, stage, name, audit_deid(src, output)))
+        return row
     return run
 
 
@@ -208,10 +231,10 @@ _STILLS = frozenset({"image", "dicom"})
 
 JOBS: dict[str, BatchJob] = {j.name: j for j in (
     BatchJob("mask", "hide regions of interest in every frame (as fetalkit mask, default rule)", _ALL,
-             ("frames", "frames_masked", "fps"), _build_mask),
+             ("frames", "frames_masked", "fps", "audit"), _build_mask),
     BatchJob("deid", "de-identify DICOM (PS3.15 basic profile, one UID key per batch), videos and images, "
              "burned-in text removed", _ALL,
-             ("kind", "attributes_removed", "attributes_emptied", "uids_remapped", "burned_in_px_removed"),
+             ("kind", "attributes_removed", "attributes_emptied", "uids_remapped", "burned_in_px_removed", "audit"),
              _build_deid),
     BatchJob("biometry-head", "HC / BPD / OFD of still images and single-frame DICOM", _STILLS, _HEAD_COLUMNS,
              _build_head),

@@ -266,6 +266,8 @@ def mask_job(models: Models, job: Job, upload: Upload, cfg: MaskConfig) -> None:
                   "preview_frame": preview_frame, "preview": preview,
                   "preview_masks": records[preview_frame]["masks"] if preview_frame is not None else [],
                   "output_name": output.name}
+    from fetalkit.audit.mask import audit_mask
+    job.result["audit"] = verdict(audit_mask(upload.path, output, detector=models.detector()), output.name)
 
 
 # --------------------------------------------------------------------------- de-identification
@@ -297,3 +299,13 @@ def deid_job(job: Job, upload: Upload) -> None:
     job.output = output
     job.result = {**report, "frames": tally.frames, "overlay_px_removed": tally.px,
                   "burned_in_regions": tally.regions(), "output_name": output.name}
+    from fetalkit.audit.deid import audit_deid
+    job.result["audit"] = verdict(audit_deid(upload.path, output), output.name)
+
+
+def verdict(audit, output_name: str) -> dict:
+    """What the page shows beside a download: the audit's verdict and its one line, naming no server path."""
+    for field_name in ("output", "masked"):
+        if hasattr(audit, field_name):
+            setattr(audit, field_name, output_name)
+    return {"clean": audit.clean, "summary": audit.summary()}

@@ -143,6 +143,13 @@ function offerDownload(linkId, job) {
   link.href = job.download;
   link.download = job.result.output_name;
   link.textContent = `Download ${job.result.output_name}`;
+  // the machine audit of this output (fetalkit audit): what it still reveals, if anything
+  const audit = job.result.audit;
+  const verdict = $(`${linkId}-audit`);
+  if (verdict && audit) {
+    verdict.textContent = `${audit.clean ? "Audit: clean." : "Audit: LEAK. Do not share this file."} ${audit.summary}`;
+    verdict.className = audit.clean ? "audit audit-clean" : "audit audit-leak";
+  }
 }
 
 async function maskFile(file) {
