@@ -39,24 +39,40 @@ OpenCV inpainting), confined so that anatomy survives:
    ``link_px`` of an accepted one (the dim, anti-aliased pieces of a glyph).
 4. **Dilation** (3 x 3) recovers the anti-aliased rims of the strokes (not
    of the model's pixels: it was trained on the footprint, rims included).
-5. **Removal.**  Inside the sector the mask is inpainted with ``cv2.inpaint``
+5. **Wide, grey and dark text** (``wide_kernel_px``, 17 px): strokes wider
+   than the 7 x 7 kernel (bold or large text), of any grey level, bright
+   (top-hat) or dark on a flat label (black-hat), are found as *drawn
+   plateaus*: one grey level filling the stroke, at its extreme, dropping to
+   the background within a 1-2 px rim, which clipped echoes (flat but fading
+   over many pixels) and dark fluid (not on a flat label) are not.  Only crops
+   around 3 x 3-flat strong pixels are examined.  The label around dark
+   letters is background: its grey is kept out of the bright candidates.
+6. **Boxes.**  Letters a few pixels apart are grouped into words and lines;
+   outside the sector each group's bounding box, grown by ``blank_margin_px``,
+   is removed whole, so the halo and dark outline around the letters (which
+   the strokes' mask misses and a contrast stretch would bring back) go too.
+   Inside the sector a group is boxed only where it sits on a flat, not black
+   bar or label (a UI element the sector fit took in).
+7. **Removal.**  Inside the sector the mask is inpainted with ``cv2.inpaint``
    on small crops around each group of components (inpainting cost grows with
    the crop, so the frame is never inpainted as a whole).  Outside the sector
-   the pixels are set to the local background, the grey opening of step 1:
-   there is nothing to restore there (black, or a flat header bar), the
-   opening *is* that background with the thin bright strokes removed, and it
-   costs nothing because step 1 computed it.
+   (and in the boxes on a bar inside it) text is *blanked, not inpainted*:
+   each box is set to one flat value, the median of the background in and
+   beside it (the bar it sits on), so no gradient is left for a contrast
+   stretch to show.  :func:`text_trace_ratio` measures what is left.
 
 All functions take H x W uint8 grayscale arrays (an H x W x 3 BGR frame is also
 accepted: strongly coloured pixels, such as yellow or green calipers, then
 count as overlay candidates that skip the brightness and drawn-score tests).
 Inputs are never modified in place.
 
-Limits: overlays darker than their surroundings or barely brighter (text on
-bright tissue), filled shapes wider than the top-hat kernel (a solid logo, a
-colour bar), bold (> ``inside_max_stroke_px``), dim (< ``inside_min_grey``) or
-blurred (resized, JPEG-compressed) overlays inside the sector, and long solid
-lines inside the sector (> ``inside_max_size_px``) are kept.  On low-resolution
+Limits: inside the sector, thin (1-2 px) overlays that are dim (<
+``inside_min_grey``), darker than their surroundings or barely brighter (text
+on bright tissue), dark text not on a flat label, filled shapes wider than
+``wide_kernel_px`` (a solid logo, a colour bar), blurred (resized,
+JPEG-compressed) overlays and long solid lines (> ``inside_max_size_px``) are
+kept; inpainting there restores smooth texture, not the dark outline some
+scanners draw around letters, which blanking removes only on bars and labels.  On low-resolution
 frames whose speckle is as sharp as a glyph stroke (e.g. 256 x 256 PSFHS)
 isolated bright speckle peaks inside the sector are sometimes taken for dots.
 Inpainting restores smooth texture, not speckle.
@@ -92,6 +108,7 @@ __all__ = [
     "overlay_seeds",
     "remove_overlay",
     "draw_synthetic_overlays",
+    "text_trace_ratio",
 ]
 
 # Drawn-score: each cue is centred between typical echo and overlay values and
@@ -143,8 +160,10 @@ class TextRemovalParams:
     colour_min_chroma : for BGR input, pixels with max - min over the channels
         at least this are colour-overlay candidates (B-mode is grey; scanner
         tints stay below about 25).
-    fill_outside : ``"background"`` sets overlay pixels outside the sector to
-        the grey opening (local background); ``"inpaint"`` inpaints them too.
+    fill_outside : ``"background"`` blanks text outside the sector: each word
+        or line box (``blank_margin_px``) is set to one value, the median of
+        the background in and beside it (the bar it sits on), so no outline
+        survives a contrast stretch; ``"inpaint"`` inpaints the same pixels.
     inside_method : how grey overlays inside the sector are told from anatomy:
         ``"learned"`` (default) asks the overlay-pixel model (:data:`OVERLAY_MODEL`,
         a small fully convolutional network trained on pasted overlays, see
@@ -161,6 +180,24 @@ class TextRemovalParams:
         ``None`` takes the card's (the low threshold when the card has none).
     learned_halo_px : context around the seeds given to the model (beyond it
         the model sees zero padding).
+    wide_kernel_px : side of the square top-hat / black-hat of the *drawn
+        plateau* path, which finds strokes up to this wide (bold and large
+        text), of any grey level, bright or dark on a flat label; 0 disables it.
+    plateau_min_px : least number of pixels at a component's plateau value
+        (drawn text is filled with one grey level).
+    plateau_min_fraction : least fraction of a component's pixels near its
+        plateau that lie on it (the rest is a 1-2 px anti-aliased rim).
+    plateau_min_steep : least fraction of the pixels 2 px outside the plateau
+        that differ from it by half its contrast or more (drawn text drops to
+        the background within its rim; clipped echoes fade over many pixels).
+    label_max_std_grey : dark strokes count only on a flat label: the spread of
+        the label value (grey closing) around them, at most this.
+    blank_margin_px : text outside the sector (or on a bar inside it) is
+        blanked in boxes, one per word or line, grown by this margin beyond the
+        detected pixels (the anti-aliased halo and dark outline scanners draw
+        around letters).
+    blank_max_height_px : taller groups (lines, bars, fan edges) are not boxed,
+        only their detected pixels are blanked.
     """
 
     tophat_kernel_px: int = 7
@@ -187,6 +224,13 @@ class TextRemovalParams:
     learned_threshold: Optional[float] = None
     learned_high_threshold: Optional[float] = None
     learned_halo_px: int = 8
+    wide_kernel_px: int = 17
+    plateau_min_px: int = 12
+    plateau_min_fraction: float = 0.4
+    plateau_min_steep: float = 0.75
+    label_max_std_grey: float = 2.0
+    blank_margin_px: int = 3
+    blank_max_height_px: int = 128
 
     @classmethod
     def paper_baseline(cls) -> "TextRemovalParams":
@@ -197,7 +241,7 @@ class TextRemovalParams:
         return cls(inside_min_grey=0, inside_low_grey=0, inside_max_stroke_px=float("inf"),
                    inside_max_size_px=2 ** 30, inside_max_area_px=2 ** 62, inside_min_plateau=0.0,
                    inside_min_score=-float("inf"), link_px=0, fill_outside="inpaint",
-                   inside_method="rules")
+                   inside_method="rules", wide_kernel_px=0)
 
     def __post_init__(self) -> None:
         for name in ("tophat_kernel_px", "dilation_px"):
@@ -225,6 +269,10 @@ class TextRemovalParams:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
         if self.learned_halo_px < 0:
             raise ValueError(f"learned_halo_px must be >= 0, got {self.learned_halo_px}")
+        if self.wide_kernel_px and (self.wide_kernel_px < 3 or self.wide_kernel_px % 2 == 0):
+            raise ValueError(f"wide_kernel_px must be 0 or an odd integer >= 3, got {self.wide_kernel_px}")
+        if self.blank_margin_px < 0 or self.blank_max_height_px < 1 or self.plateau_min_px < 1:
+            raise ValueError("blank_margin_px must be >= 0, blank_max_height_px and plateau_min_px >= 1")
 
 
 @dataclass(frozen=True)
@@ -234,7 +282,8 @@ class CleanResult:
     ``image`` is the cleaned frame (same shape and dtype as the input);
     ``overlay_mask`` H x W uint8 in {0, 1}, the pixels that were replaced;
     ``inpainted_px`` of them were inpainted (inside the sector), ``filled_px``
-    set to the local background (outside); ``n_regions`` crops were inpainted.
+    blanked to the local background (outside it, or on a bar or label inside
+    it); ``n_regions`` crops were inpainted.
     """
 
     image: np.ndarray
@@ -409,6 +458,165 @@ def _outside_accepted(candidate: np.ndarray, seed: np.ndarray, params: TextRemov
     return labels, _seeded_and_linked(labels, eligible, seeded, params.link_px)
 
 
+# --------------------------------------------------------------------------- wide, grey and dark text: drawn plateaus
+
+_LABEL_FLAT_GREY = 2        # a label pixel is within this of the label value
+_CORE_BLOCK_PX = 8          # plateau cores are grouped into crops on blocks this big
+
+
+@dataclass(frozen=True)
+class _Plateaus:
+    """Plateaus found in a top-hat / black-hat and their verdicts (index 0 = background)."""
+
+    labels: np.ndarray          # H x W int32: each pixel within 2 px of a plateau, by its plateau
+    accepted: np.ndarray        # per plateau: drawn
+    label_value: np.ndarray     # per plateau: grey closing on it (the label under dark text)
+
+
+def _plateaus(gray: np.ndarray, resp: np.ndarray, allowed: np.ndarray, low: float, high: float,
+              bright: bool, params: TextRemovalParams, closing: Optional[np.ndarray] = None) -> _Plateaus:
+    """Plateaus of the components of ``resp >= low`` (seeded by ``resp >= high``) that look drawn, not scanned.
+
+    Drawn text is filled with one grey level: a component's *plateau* is the
+    most common level of its strong pixels, and each connected run of pixels
+    at that level is judged on its own (a letter touching an echo stays a
+    letter).  It must be the brightest level within 2 px (the darkest for
+    ``bright=False``) and drop to the background within a 1-2 px rim: most
+    pixels 2 px outside it differ from it by half the contrast.  Echoes
+    clipped at the scanner's maximum are flat too, but fade over many pixels;
+    dark fluid fades sharply, so dark plateaus (``closing`` given) must also
+    sit on a flat label: the grey closing on them varies by at most
+    ``label_max_std_grey`` and most of their ring is at its value.
+    """
+    cand = ((resp >= low) & allowed).view(np.uint8)
+    n, components = cv2.connectedComponents(cand, connectivity=8)
+    on = components > 0
+    comp, g = components[on], gray[on].astype(np.int64)
+    strong = resp[on] >= high
+    # per-component histogram of the strong pixels' grey levels: the plateau level is its mode
+    hist = np.bincount(comp[strong] * 256 + g[strong], minlength=n * 256).reshape(n, 256)
+    level = np.where(hist.sum(axis=1) > 0, hist.argmax(axis=1), -1)
+    plateau = np.zeros(gray.shape, bool)
+    plateau[on] = g == level[comp]
+    plateau_u8 = plateau.view(np.uint8)
+    m, labels = cv2.connectedComponents(plateau_u8, connectivity=8)
+    value = np.zeros(m, np.int64)
+    value[labels[plateau]] = gray[plateau]
+    plateau_n = np.bincount(labels[plateau], minlength=m)
+    contrast = np.bincount(labels[plateau], weights=resp[plateau], minlength=m) / np.maximum(plateau_n, 1)
+    # pixels within 2 px of a plateau belong to it (the larger label where two are that close)
+    owner = cv2.dilate(labels.astype(np.float32), _square(5)).astype(np.int64)
+    near = (owner > 0) & on
+    near_n = np.bincount(owner[near], minlength=m)
+    beyond = np.zeros(m, np.float64)  # the most any pixel within 2 px passes the plateau level
+    np.maximum.at(beyond, owner[near], (gray[near] - value[owner[near]]) * (1 if bright else -1))
+    # the ring 2 px outside each plateau, beyond a 1 px rim
+    ring = (owner > 0) & (cv2.dilate(plateau_u8, _square(3)) == 0)
+    ring_owner, ring_grey = owner[ring], gray[ring].astype(np.float64)
+    ring_n = np.maximum(np.bincount(ring_owner, minlength=m), 1)
+    drop = np.abs(ring_grey - value[ring_owner]) >= 0.5 * contrast[ring_owner]
+    steep = np.bincount(ring_owner, weights=drop, minlength=m) / ring_n
+    # a stroke 3 px wide or more (thinner ones are the top-hat path's): a pixel with its 3 x 3 on the plateau
+    cored = np.bincount(labels[cv2.erode(plateau_u8, _square(3)) > 0], minlength=m) > 0
+    accepted = ((beyond <= 2) & cored & (plateau_n >= params.plateau_min_px) & (contrast >= high)
+                & (plateau_n >= params.plateau_min_fraction * near_n) & (steep >= params.plateau_min_steep))
+    label_value = np.zeros(m)
+    if closing is not None:  # dark strokes: only on a flat label
+        c = closing[plateau].astype(np.float64)
+        mean = np.bincount(labels[plateau], weights=c, minlength=m) / np.maximum(plateau_n, 1)
+        var = np.bincount(labels[plateau], weights=c * c, minlength=m) / np.maximum(plateau_n, 1) - mean ** 2
+        flat = np.abs(ring_grey - mean[ring_owner]) <= _LABEL_FLAT_GREY
+        on_label = np.bincount(ring_owner, weights=flat, minlength=m) / ring_n
+        accepted &= (np.sqrt(np.maximum(var, 0.0)) <= params.label_max_std_grey) & (on_label >= 0.5)
+        label_value = mean
+    accepted[0] = False
+    return _Plateaus(labels=np.where(near, owner, 0), accepted=accepted, label_value=label_value)
+
+
+def _core_crops(cores: np.ndarray, margin_px: int):
+    """(rows, cols) slices around groups of ``cores``: cores in touching 8 x 8 blocks share a
+    crop, grown by ``margin_px`` (grouped on the 64 times smaller block map, which costs
+    nothing next to labelling the frame)."""
+    h, w = cores.shape
+    b = _CORE_BLOCK_PX
+    points = cv2.findNonZero(cores.view(np.uint8))
+    if points is None:
+        return
+    points = points.reshape(-1, 2) // b
+    blocks = np.zeros((-(-h // b), -(-w // b)), np.uint8)
+    blocks[points[:, 1], points[:, 0]] = 1
+    n, groups = cv2.connectedComponents(blocks, connectivity=8)
+    x0, y0, x1, y1 = _label_boxes(groups, blocks, n)
+    for i in range(1, n):
+        yield (slice(max(0, b * y0[i] - margin_px), min(h, b * y1[i] + margin_px)),
+               slice(max(0, b * x0[i] - margin_px), min(w, b * x1[i] + margin_px)))
+
+
+def _flat3(gray: np.ndarray) -> np.ndarray:
+    """H x W bool: the 3 x 3 neighbourhood is one grey level (inside a stroke 3 px wide or more)."""
+    return cv2.dilate(gray, _square(3)) == cv2.erode(gray, _square(3))
+
+
+def _dark_text(gray: np.ndarray, flat: np.ndarray, low: float, high: float, params: TextRemovalParams
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(text, label) H x W bool: dark drawn plateaus on a flat label (black-hat), and the label.
+
+    The label around the letters (pixels at its grey within one kernel) is
+    background, not text: its bright gaps between the letters are kept out of
+    the bright candidates.  Only crops around *cores* are examined: strong
+    pixels whose 3 x 3 neighbourhood is one grey level, near a label body (a
+    5 x 5 patch of one grey level that is its own closing).
+    """
+    text = np.zeros(gray.shape, bool)
+    label = np.zeros(gray.shape, bool)
+    kernel = _square(params.wide_kernel_px)
+    closing = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, kernel)
+    blackhat = cv2.subtract(closing, gray)
+    strong = int(np.ceil(high))  # an integer: uint8 compared with it stays uint8 (a float upcasts the frame)
+    cores = (blackhat >= strong) & flat
+    if not cores.any():
+        return text, label
+    body = (cv2.dilate(gray, _square(5)) == cv2.erode(gray, _square(5))) & (gray == closing) & (gray >= strong)
+    if not body.any():
+        return text, label
+    cores &= cv2.dilate(body.view(np.uint8), kernel) > 0
+    if not cores.any():
+        return text, label
+    for crop in _core_crops(cores, params.wide_kernel_px):
+        dark = _plateaus(gray[crop], blackhat[crop], np.ones(gray[crop].shape, bool), low, high,
+                         bright=False, params=params, closing=closing[crop])
+        dark_text = np.take(dark.accepted, dark.labels)
+        if dark_text.any():
+            value = np.where(dark_text, np.take(dark.label_value, dark.labels), 0.0).astype(np.float32)
+            spread = cv2.dilate(value, kernel)
+            label[crop] |= (spread > 0) & (np.abs(gray[crop] - spread) <= _LABEL_FLAT_GREY) & ~dark_text
+            text[crop] |= dark_text
+    return text, label
+
+
+def _light_text(gray: np.ndarray, flat: np.ndarray, low: float, high: float, params: TextRemovalParams,
+                allowed: np.ndarray, look: np.ndarray) -> np.ndarray:
+    """H x W bool: bright drawn plateaus of any grey level and width up to ``wide_kernel_px`` (top-hat).
+
+    Candidates lie in ``allowed``; only crops around *cores* in ``look`` are
+    examined: strong pixels whose 3 x 3 neighbourhood is one grey level
+    (``flat``, :func:`_flat3`) and that lose half the contrast within 3 px (a
+    drawn edge; a clipped echo fades slower).
+    """
+    text = np.zeros(gray.shape, bool)
+    kernel = _square(params.wide_kernel_px)
+    tophat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, kernel)
+    cores = (tophat >= int(np.ceil(high))) & allowed & look
+    if not cores.any():
+        return text
+    drop = cv2.subtract(gray, cv2.erode(gray, _square(7)))
+    cores &= flat & (drop >= tophat // 2)
+    for crop in _core_crops(cores, params.wide_kernel_px):
+        light = _plateaus(gray[crop], tophat[crop], allowed[crop], low, high, bright=True, params=params)
+        text[crop] |= np.take(light.accepted, light.labels)
+    return text
+
+
 def overlay_seeds(image: np.ndarray, inside: np.ndarray, params: TextRemovalParams = TextRemovalParams()
                   ) -> np.ndarray:
     """Seed pixels of the hysteresis (bright top-hat peaks; inside ``inside`` also near white), H x W bool."""
@@ -440,7 +648,22 @@ def detect_overlay(image: np.ndarray, sector_mask: Optional[np.ndarray] = None,
 
 def _detect(gray: np.ndarray, tophat: np.ndarray, chroma: Optional[np.ndarray], inside: np.ndarray,
             params: TextRemovalParams) -> np.ndarray:
+    """Overlay pixels, H x W uint8 {0, 1}: the strokes and the boxes of their words (:func:`_text_boxes`)."""
+    strokes = _detect_strokes(gray, tophat, chroma, inside, params)
+    return strokes | _text_boxes(gray, strokes, inside, params)
+
+
+def _detect_strokes(gray: np.ndarray, tophat: np.ndarray, chroma: Optional[np.ndarray], inside: np.ndarray,
+                    params: TextRemovalParams) -> np.ndarray:
     candidate, seed = _grey_candidates(gray, tophat, inside, params)
+    wide = label = None
+    if params.wide_kernel_px:
+        low, high = _hysteresis_thresholds(tophat, params)
+        flat = _flat3(gray)
+        wide, label = _dark_text(gray, flat, low, high, params)
+        # a label's own grey between dark letters is background, not a bright stroke
+        candidate &= ~label
+        seed &= ~label
     colour = None if chroma is None else chroma >= params.colour_min_chroma
     if colour is not None:
         # coloured marks are labelled on their own, so that a caliper dot touching
@@ -464,7 +687,112 @@ def _detect(gray: np.ndarray, tophat: np.ndarray, chroma: Optional[np.ndarray], 
     if learned:
         # not dilated: the model was trained on the exact footprint, anti-aliased rims included
         mask |= _learned_mask(gray, (seed & inside).view(np.uint8), params)
+    if wide is not None:
+        # wide, grey and bright plateaus, looked for only where the thin paths took nothing
+        wide |= _light_text(gray, flat, low, high, params, ~label, mask == 0)
+        if wide.any():
+            mask |= _missed(wide, mask, params.dilation_px)
     return mask
+
+
+def _missed(wide: np.ndarray, found: np.ndarray, dilation_px: int) -> np.ndarray:
+    """Components of ``wide`` mostly (> 10 %) outside ``found``, dilated like the strokes (uint8 {0, 1}).
+
+    Thin text the top-hat path or the model already took keeps their tighter
+    footprint (the plateau path's reaches 2 px around each plateau); bold,
+    large, grey and dark text is what it adds.
+    """
+    out = np.zeros(wide.shape, np.uint8)
+    x, y, w, h = cv2.boundingRect(wide.view(np.uint8))  # labelled there only: a few crops of the frame
+    if w == 0:
+        return out
+    r = max(dilation_px // 2, 0)
+    crop = slice(max(0, y - r), y + h + r), slice(max(0, x - r), x + w + r)
+    n, labels = cv2.connectedComponents(wide[crop].view(np.uint8), connectivity=8)
+    total = np.bincount(labels.ravel(), minlength=n)
+    covered = np.bincount(labels[found[crop] > 0], minlength=n)
+    keep = covered < 0.9 * total
+    keep[0] = False
+    kept = np.take(keep, labels).view(np.uint8)
+    out[crop] = cv2.dilate(kept, _square(dilation_px)) if dilation_px > 1 else kept
+    return out
+
+
+# Letters of one word or line are a few pixels apart: joined before boxing (rows, columns).
+_JOIN_HW = (3, 9)
+_FLAT_MIN_FRACTION = 0.6    # a row of a box is flat when this much of its background is at its mode
+_FLAT_MIN_GREY = 16         # and the mode is not black (inpainting from black leaves nothing to read);
+_FLAT_MIN_PX = 64           # a box is on a bar when its flat rows hold this many pixels at their modes
+
+
+def _flat_rows(gray: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Where a box sits on a bar or label, H x W bool: in each flat row, the span
+    from its first to its last background pixel at the row's mode.
+
+    A row is flat when at least ``_FLAT_MIN_FRACTION`` of its ``background``
+    pixels share its most common grey level, which is at least
+    ``_FLAT_MIN_GREY``: scanner bars and labels are drawn one level along a
+    row (bars are often shaded top to bottom); speckle is not, and smooth
+    tissue varies by a level or two.  Fewer than ``_FLAT_MIN_PX`` such pixels
+    in all make no bar (a caliper dot's small box on smooth tissue).
+    """
+    h, w = gray.shape
+    rows = np.broadcast_to(np.arange(h)[:, None], (h, w))
+    hist = np.bincount(rows[background] * 256 + gray[background], minlength=h * 256).reshape(h, 256)
+    mode = hist.argmax(axis=1)
+    count = hist[np.arange(h), mode]
+    flat = (count >= _FLAT_MIN_FRACTION * hist.sum(axis=1)) & (count > 0) & (mode >= _FLAT_MIN_GREY)
+    if count[flat].sum() < _FLAT_MIN_PX:
+        return np.zeros((h, w), bool)
+    on = background & (gray == mode[:, None]) & flat[:, None]
+    first = np.where(on.any(axis=1), on.argmax(axis=1), w)
+    last = w - 1 - on[:, ::-1].argmax(axis=1)
+    cols = np.arange(w)[None, :]
+    return (cols >= first[:, None]) & (cols <= last[:, None])
+
+
+def _text_boxes(gray: np.ndarray, strokes: np.ndarray, inside: np.ndarray, params: TextRemovalParams
+                ) -> np.ndarray:
+    """Boxes to blank (H x W uint8 {0, 1}): words and lines of text outside the sector or on a bar or label.
+
+    Each group of strokes a few pixels apart gets its bounding box grown by
+    ``blank_margin_px``, so the halo and dark outline around the letters, and
+    the gaps between them, are blanked with the letters: a box reveals where a
+    line of text was, not its shape.  Outside the sector every group is boxed.
+    A group inside it is boxed where it sits on a flat, not black background
+    (a UI bar or label the sector fit took in, see :func:`_flat_rows`), and
+    only there, when that covers most of its box: there is no anatomy to keep
+    there, while inpainting would keep the dark outline scanners draw around
+    letters (on black it is invisible anyway).  Groups taller than
+    ``blank_max_height_px`` (a scale bar, a fan edge, a long caliper trace) are
+    not boxed.
+    """
+    boxes = np.zeros(strokes.shape, np.uint8)
+    text = strokes > 0
+    if not text.any():
+        return boxes
+    text_u8 = text.view(np.uint8)
+    n, groups = cv2.connectedComponents(cv2.dilate(text_u8, np.ones(_JOIN_HW, np.uint8)), connectivity=8)
+    x0, y0, x1, y1 = _label_boxes(groups, text_u8, n)
+    points = cv2.findNonZero(text_u8).reshape(-1, 2)
+    px_inside = np.bincount(groups[points[:, 1], points[:, 0]][inside[points[:, 1], points[:, 0]]], minlength=n)
+    h, w = strokes.shape
+    m = params.blank_margin_px
+    runs = None
+    for i in np.nonzero(y1[1:] - y0[1:] <= params.blank_max_height_px)[0] + 1:
+        box = slice(max(0, y0[i] - m), min(h, y1[i] + m)), slice(max(0, x0[i] - m), min(w, x1[i] + m))
+        boxes[box] |= ~inside[box]
+        if px_inside[i] == 0 or (box[0].stop - box[0].start) * (box[1].stop - box[1].start) < 2 * _FLAT_MIN_PX:
+            continue  # no bar to find in a box this small (a caliper dot's)
+        if runs is None:  # one grey level over 5 px along the row, not black: a cheap first look
+            run = np.ones((1, 5), np.uint8)
+            runs = (cv2.dilate(gray, run) == cv2.erode(gray, run)) & (gray >= _FLAT_MIN_GREY)
+        if np.count_nonzero(runs[box]) < _FLAT_MIN_PX:
+            continue
+        flat = _flat_rows(gray[box], cv2.dilate(text_u8[box], _square(3)) == 0)
+        if flat.mean() >= _FLAT_MIN_FRACTION:
+            boxes[box] |= flat
+    return boxes
 
 
 # --------------------------------------------------------------------------- learned inside-sector path
@@ -577,14 +905,43 @@ def _inpaint_crops(out: np.ndarray, mask: np.ndarray, params: TextRemovalParams)
     return n - 1
 
 
+_BESIDE_PX = 4  # background is sampled this far beside each blanked region, in its rows
+
+
+def _blank(out: np.ndarray, fill: np.ndarray, strokes: np.ndarray, background: np.ndarray) -> None:
+    """Set each connected region of ``fill`` in ``out`` (in place) to one flat value.
+
+    The value is the median of the local background: pixels within the region
+    and up to ``_BESIDE_PX`` beside it along its rows that are not text (nor
+    within 1 px of it) and may serve as ``background`` (outside the sector or
+    in a box), i.e. the bar the text sits on.  A flat region has no gradient
+    left for a contrast stretch to bring out (on a shaded bar even a faithful
+    row-by-row background keeps the bar's own gradient there, and its median
+    row noise).  Regions without such pixels keep what ``out`` holds.
+    """
+    fill_u8 = fill.view(np.uint8)
+    n, regions = cv2.connectedComponents(fill_u8, connectivity=8)
+    x0, y0, x1, y1 = _label_boxes(regions, fill_u8, n)
+    beside = np.ones((1, 2 * _BESIDE_PX + 1), np.uint8)
+    w = fill.shape[1]
+    for i in range(1, n):
+        crop = slice(y0[i], y1[i]), slice(max(0, x0[i] - _BESIDE_PX), min(w, x1[i] + _BESIDE_PX))
+        region = regions[crop] == i
+        text = cv2.dilate(strokes[crop], _square(3)) > 0
+        sample = (cv2.dilate(region.view(np.uint8), beside) > 0) & ~text & background[crop]
+        if sample.any():
+            values = out[crop][sample]
+            out[crop][region] = np.median(values, axis=0).round().astype(out.dtype)
+
+
 def remove_overlay(image: np.ndarray, sector_mask: Optional[np.ndarray] = None,
                    params: TextRemovalParams = TextRemovalParams()) -> CleanResult:
     """Detect burned-in overlays and replace them.
 
     Inside the sector the detected pixels are inpainted (``cv2.inpaint`` on
-    small crops); outside it they are set to the local background (the grey
-    opening of the top-hat step) unless ``params.fill_outside == "inpaint"``.
-    No other pixel changes.
+    small crops); outside it, and on a bar or label inside it, each word or
+    line box is blanked to the median of the background it sits on, unless
+    ``params.fill_outside == "inpaint"``.  No other pixel changes.
 
     Parameters
     ----------
@@ -602,19 +959,85 @@ def remove_overlay(image: np.ndarray, sector_mask: Optional[np.ndarray] = None,
     opening = cv2.morphologyEx(image, cv2.MORPH_OPEN, kernel)
     opening_gray = opening if image.ndim == 2 else cv2.morphologyEx(gray, cv2.MORPH_OPEN, kernel)
     tophat = cv2.subtract(gray, opening_gray)
-    mask = _detect(gray, tophat, chroma, inside, params)
+    strokes = _detect_strokes(gray, tophat, chroma, inside, params)
+    boxes = _text_boxes(gray, strokes, inside, params)
+    mask = strokes | boxes
 
     out = image.copy()
     if params.fill_outside == "background":
-        fill = (mask > 0) & ~inside
-        out[fill] = opening[fill]
-        to_inpaint = (mask > 0) & inside
+        fill = (boxes > 0) | ((strokes > 0) & ~inside)
+        out[fill] = opening[fill]  # kept only where no background lies beside a region
+        _blank(out, fill, strokes, ~inside | (boxes > 0))
+        to_inpaint = (mask > 0) & ~fill
     else:
         fill = np.zeros_like(inside)
         to_inpaint = mask > 0
     n_regions = _inpaint_crops(out, to_inpaint.view(np.uint8), params) if to_inpaint.any() else 0
     return CleanResult(image=out, overlay_mask=mask, inpainted_px=int(to_inpaint.sum()),
                        filled_px=int(fill.sum()), n_regions=n_regions)
+
+
+# --------------------------------------------------------------------------- what a contrast stretch still shows
+
+
+def _stretched(band: np.ndarray, stretch: str) -> np.ndarray:
+    """A band's contrast stretched to 0..255 (float32): min-max, or CLAHE (8 x 8 tiles, clip 4)."""
+    if stretch == "clahe":
+        return cv2.createCLAHE(clipLimit=4.0, tileGridSize=(8, 8)).apply(band).astype(np.float32)
+    lo, hi = float(band.min()), float(band.max())
+    return (band.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0))
+
+
+def _edge_energy(band: np.ndarray, region: np.ndarray) -> float:
+    gx = cv2.Sobel(band, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(band, cv2.CV_32F, 0, 1)
+    return float(np.sqrt(gx * gx + gy * gy)[region].sum())
+
+
+def text_trace_ratio(original: np.ndarray, cleaned: np.ndarray, text_mask: np.ndarray,
+                     rows: Optional[tuple[int, int]] = None, region_px: int = 2,
+                     stretch: str = "minmax") -> float:
+    """What a contrast stretch still shows where text was: edge energy left, cleaned / original.
+
+    The band of rows holding the text is contrast-stretched on each frame on
+    its own (``"minmax"`` to 0..255, or ``"clahe"``), as a person trying to
+    read a trace would, and the Sobel gradient magnitude is summed over the
+    text pixels grown by ``region_px`` (the letters, their rims and outlines).
+    0 means nothing is left to read there; 1 means as much as before.  OCR is
+    no judge: it reads nothing in an outline a person still reads.
+
+    Parameters
+    ----------
+    original, cleaned : H x W uint8 grey (or BGR) frames before and after cleaning.
+    text_mask : H x W, non-zero on the original's text pixels.
+    rows : (first, end) rows of the band; by default the text's rows grown by ``region_px`` + 1.
+    region_px : how far around the text pixels the energy counts.
+    stretch : ``"minmax"`` or ``"clahe"``.
+
+    Returns
+    -------
+    The ratio (0 when the original has no edge energy there).
+
+    Example
+    -------
+    >>> band = np.full((20, 60), 40, np.uint8)
+    >>> text = cv2.putText(band.copy(), "20.05", (2, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255)
+    >>> text_trace_ratio(text, band, text != band)
+    0.0
+    """
+    if stretch not in ("minmax", "clahe"):
+        raise ValueError(f"stretch must be 'minmax' or 'clahe', got {stretch!r}")
+    before, after = _as_gray(original)[0], _as_gray(cleaned)[0]
+    text = np.asarray(text_mask) > 0
+    if not text.any():
+        return 0.0
+    if rows is None:
+        ys = np.nonzero(text.any(axis=1))[0]
+        rows = (max(0, int(ys[0]) - region_px - 1), min(text.shape[0], int(ys[-1]) + region_px + 2))
+    band = slice(*rows)
+    region = cv2.dilate(text.view(np.uint8), _square(2 * region_px + 1))[band] > 0
+    energy_before = _edge_energy(_stretched(before[band], stretch), region)
+    return _edge_energy(_stretched(after[band], stretch), region) / energy_before if energy_before else 0.0
 
 
 # --------------------------------------------------------------------------- synthetic overlays
