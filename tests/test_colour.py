@@ -98,7 +98,9 @@ def test_deid_keeps_the_colour_of_real_ultrasound_dicoms(name, tmp_path):
     assert out.PhotometricInterpretation == "RGB" and out.SamplesPerPixel == 3 and out.PlanarConfiguration == 0
     assert same_geometry(out, source)
     assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian     # decoded, written losslessly
-    assert report["burned_in_annotation"] == "NO" == out.BurnedInAnnotation
+    # the SonoSite cine keeps its grey footer buttons ("Page 1/3"): the audit reads them, so no claim of NO
+    expected = "YES" if name == "examples_ybr_color.dcm" else "NO"
+    assert report["burned_in_annotation"] == expected == out.BurnedInAnnotation
     assert "RedPaletteColorLookupTableData" not in out
     frames = read_dicom(src, colour=True).frames
     removed = np.stack([clean_frame(f)[0].overlay_mask > 0 for f in frames])  # what the cleaning replaced

@@ -1119,7 +1119,12 @@ def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file, a video (.mp4 .
     if report.get("fps_assumed"):  # on stderr: --json output stays JSON
         console.print(f"no frame timing in {printable(src)}: written at {report['fps_assumed']:g} frames/s",
                       highlight=False, soft_wrap=True, markup=False)
-    if report.get("patient_identity_removed") == "NO":
+    if report.get("pixels_verified") is False:
+        console.print(f"[yellow]warning:[/yellow] burned-in text is left in the pixels of {escape(printable(output))} "
+                      f"(residual {report.get('pixel_residual') or 0:.3f}, or read by OCR), so the file says BurnedInAnnotation "
+                      "YES and PatientIdentityRemoved NO; fetalkit audit deid names what is left",
+                      highlight=False, soft_wrap=True)
+    elif report.get("patient_identity_removed") == "NO":
         console.print(f"kept on request: {', '.join(report['kept_on_request'])}; they are identifying, so the "
                       "file says PatientIdentityRemoved NO", highlight=False, soft_wrap=True, markup=False)
     if json_out:

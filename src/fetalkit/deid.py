@@ -779,36 +779,40 @@ def deidentify_file(
     else:
         clip = read_dicom(src_path, colour=True)  # the output keeps the source's colour
         cleaned = np.stack([_clean_frame(clean_pixels, frame) for frame in clip.frames])
-        # the claims (Burned In Annotation NO, Clean Pixel Data) are written only when the audit agrees
-        verified, residual = verify_cleaned_pixels(clip.frames, cleaned)
-        out, report = deidentify_dataset(clip.dataset, uid_map, pixels_cleaned=verified, shift_dates=shift_dates,
+        out, report = deidentify_dataset(clip.dataset, uid_map, pixels_cleaned=True, shift_dates=shift_dates,
                                          keep=keep)
-        report.pixels_verified, report.pixel_residual = verified, residual
         fps = clip.fps
         if fps is None and len(cleaned) > 1:  # a cine must state its timing: the default, reported
             from fetalkit.io.video import DEFAULT_FPS
             fps = fps_assumed = DEFAULT_FPS
-        write_dicom(dst_path, cleaned, template=out, fps=fps, burned_in_annotation="NO" if verified else "YES",
+        write_dicom(dst_path, cleaned, template=out, fps=fps, burned_in_annotation="NO",
                     sop_instance_uid=out.SOPInstanceUID)
+        # the claims (Burned In Annotation NO, Clean Pixel Data, identity removed) stand only when the audit agrees
+        report.pixels_verified, report.pixel_residual = verify_written_pixels(src_path, dst_path)
+        if not report.pixels_verified:
+            report.burned_in_annotation, report.patient_identity_removed = "YES", "NO"
     report.source, report.output = printable(src_path), printable(dst_path)
     report.fps_assumed = fps_assumed
     return report
 
 
-MAX_VERIFIED_FRAMES = 5  # a cine is checked on this many frames, evenly spaced (burned-in text is static)
-
-
-def verify_cleaned_pixels(originals: np.ndarray, cleaned: np.ndarray) -> tuple[bool, float]:
-    """Whether cleaned frames show no residual burned-in text (fetalkit.audit's residual-structure
-    measure, without OCR for speed), and the largest residual ratio found.
-
-    The measure, not OCR, is what catches outlines a person reads after a contrast
-    stretch; ``fetalkit audit deid`` adds OCR on the written file.
-    """
-    from fetalkit.audit.pixels import residual_text
-    picks = np.unique(np.linspace(0, len(originals) - 1, min(len(originals), MAX_VERIFIED_FRAMES)).round().astype(int))
-    results = [residual_text(originals[i], cleaned[i], ocr=False) for i in picks]
-    return not any(r.leak for r in results), max((float(r.residual) for r in results), default=0.0)
+def verify_written_pixels(src: Path, dst: Path) -> tuple[bool, float]:
+    """Audit the cleaned output's pixels against the source (:func:`fetalkit.audit.pixels.audit_pixels`:
+    the residual-structure measure and, when Tesseract is installed, OCR); where text is left,
+    take back the claims: Burned In Annotation YES, Patient Identity Removed NO, no Clean Pixel
+    Data code.  Returns (verified, the largest residual ratio)."""
+    from fetalkit.audit.pixels import audit_pixels
+    pixels = audit_pixels(src, dst)
+    if not pixels.leak:
+        return True, float(pixels.residual or 0.0)
+    ds = open_dataset(dst)
+    ds.BurnedInAnnotation = "YES"
+    ds.PatientIdentityRemoved = "NO"
+    if "DeidentificationMethodCodeSequence" in ds:
+        ds.DeidentificationMethodCodeSequence = [c for c in ds.DeidentificationMethodCodeSequence
+                                                 if c.get("CodeValue") != _CODE_CLEAN_PIXELS[0]]
+    save_dataset(dst, ds)
+    return False, float(pixels.residual or 0.0)
 
 
 def _strip_pixel_metadata(path: Path, source: Dataset, out: Dataset) -> str:
