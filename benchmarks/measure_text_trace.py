@@ -5,7 +5,7 @@ date and time on grey bars above the sector) each frame is cleaned as
 ``fetalkit clean`` does it (:func:`fetalkit.preprocess.jobs.clean_frame`, the
 sector found on the frame), once from the grey frame and once from the BGR
 frame (colour input, as ``fetalkit deid`` may pass it), and
-:func:`fetalkit.preprocess.text.text_trace_ratio` measures the header band:
+:func:`fetalkit.preprocess.text.band_trace_ratio` measures the header band:
 the band contrast-stretched (min-max to 0..255, or CLAHE) on each frame on its
 own, the Sobel edge energy summed over the header text pixels grown by 2 px,
 cleaned / original.  0 = nothing left to read, 1 = as much as before.
@@ -133,7 +133,7 @@ def main() -> None:
             np.savez(Path(args.emit) / f"{stem}.npz", **images)
         return
 
-    from fetalkit.preprocess.text import text_trace_ratio
+    from fetalkit.audit.pixels import band_trace_ratio
 
     paths = frames(args.data or dataset_dir("sononet_examples"))
     ours = clean_all(paths)
@@ -160,10 +160,10 @@ def main() -> None:
         text, rows = header_text(gray, sector)
         row = []
         for images in ([base[path.stem]] if base else []) + [ours[path.stem]]:
-            row += [text_trace_ratio(gray, images["grey"], text, rows),
-                    text_trace_ratio(gray, images["grey"], text, rows, stretch="clahe"),
-                    text_trace_ratio(gray, images["grey"], text, rows, region_px=6),
-                    text_trace_ratio(gray, images["bgr"], text, rows)]
+            row += [band_trace_ratio(gray, images["grey"], text, rows),
+                    band_trace_ratio(gray, images["grey"], text, rows, stretch="clahe"),
+                    band_trace_ratio(gray, images["grey"], text, rows, region_px=6),
+                    band_trace_ratio(gray, images["bgr"], text, rows)]
             if residual_text:
                 row.append(residual_text(gray, images["grey"], sector, ocr=args.ocr).residual)
         table.append(row)

@@ -1,7 +1,7 @@
 """No readable trace of burned-in text (fetalkit.preprocess.text).
 
 A person contrast-stretches a cleaned band and reads the dark outlines the
-letters left; :func:`text_trace_ratio` measures that (edge energy of the
+letters left; :func:`band_trace_ratio` measures that (edge energy of the
 stretched band over the text, cleaned / original).  The cases put text on the
 procedural phantom below a scanner-like header (a grey bar shaded top to
 bottom, outside the sector): text outlined in black as Voluson draws it, large
@@ -21,7 +21,8 @@ from conftest import need_dataset
 from fetalkit.io.images import read_gray
 from fetalkit.preprocess.jobs import clean_frame
 from fetalkit.preprocess.sector import detect_sector
-from fetalkit.preprocess.text import remove_overlay, text_trace_ratio
+from fetalkit.audit.pixels import band_trace_ratio
+from fetalkit.preprocess.text import remove_overlay
 from fetalkit.synth.phantom import head_phantom
 
 HEADER_PX = 100
@@ -81,8 +82,8 @@ def case(request, scene):
 def _check_clean(inside, reference, framed, cleaned, sector, head, text, flagged):
     # no readable trace: outside the sector nothing is left; inside it no more
     # structure than the text-free frame shows there (the tissue's own speckle)
-    allowed = MAX_TRACE + (text_trace_ratio(framed, reference, text) if inside else 0.0)
-    trace = text_trace_ratio(framed, cleaned, text)
+    allowed = MAX_TRACE + (band_trace_ratio(framed, reference, text) if inside else 0.0)
+    trace = band_trace_ratio(framed, cleaned, text)
     assert trace <= allowed, (trace, allowed)
     # the text pixels are gone: replaced, and close to what lay under them
     assert flagged[text].mean() >= 0.99
@@ -138,11 +139,11 @@ def test_measure_sees_outlines():
     cv2.putText(drawn, "20.05.2015", (5, 30), FONT, 0.8, 255, 2, cv2.LINE_AA)
     text = drawn != bar
     outline_only = np.where(outlined < bar, outlined, bar)  # the letters gone, their outline kept
-    assert text_trace_ratio(drawn, outline_only, text) > 0.2
-    assert text_trace_ratio(drawn, outline_only, text, stretch="clahe") > 0.2
-    assert text_trace_ratio(drawn, bar, text) == 0.0
+    assert band_trace_ratio(drawn, outline_only, text) > 0.2
+    assert band_trace_ratio(drawn, outline_only, text, stretch="clahe") > 0.2
+    assert band_trace_ratio(drawn, bar, text) == 0.0
     with pytest.raises(ValueError):
-        text_trace_ratio(drawn, bar, text, stretch="gamma")
+        band_trace_ratio(drawn, bar, text, stretch="gamma")
 
 
 def test_real_header_bars_leave_no_trace():
@@ -160,5 +161,5 @@ def test_real_header_bars_leave_no_trace():
         threshold = cv2.threshold(tophat[~sector], 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0]
         text = (tophat >= threshold) & ~cv2.dilate(sector.view(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
         text[int(0.1 * gray.shape[0]):] = False
-        ratios.append(text_trace_ratio(gray, clean_frame(gray)[0].image, text))
+        ratios.append(band_trace_ratio(gray, clean_frame(gray)[0].image, text))
     assert max(ratios) <= MAX_TRACE, dict(zip([p.stem for p in paths], np.round(ratios, 4)))

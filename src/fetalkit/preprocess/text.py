@@ -59,7 +59,7 @@ OpenCV inpainting), confined so that anatomy survives:
    (and in the boxes on a bar inside it) text is *blanked, not inpainted*:
    each box is set to one flat value, the median of the background in and
    beside it (the bar it sits on), so no gradient is left for a contrast
-   stretch to show.  :func:`text_trace_ratio` measures what is left.
+   stretch to show.  :func:`fetalkit.audit.pixels.band_trace_ratio` measures what is left.
 
 All functions take H x W uint8 grayscale arrays (an H x W x 3 BGR frame is also
 accepted: strongly coloured pixels, such as yellow or green calipers, then
@@ -108,7 +108,6 @@ __all__ = [
     "overlay_seeds",
     "remove_overlay",
     "draw_synthetic_overlays",
-    "text_trace_ratio",
 ]
 
 # Drawn-score: each cue is centred between typical echo and overlay values and
@@ -975,69 +974,6 @@ def remove_overlay(image: np.ndarray, sector_mask: Optional[np.ndarray] = None,
     n_regions = _inpaint_crops(out, to_inpaint.view(np.uint8), params) if to_inpaint.any() else 0
     return CleanResult(image=out, overlay_mask=mask, inpainted_px=int(to_inpaint.sum()),
                        filled_px=int(fill.sum()), n_regions=n_regions)
-
-
-# --------------------------------------------------------------------------- what a contrast stretch still shows
-
-
-def _stretched(band: np.ndarray, stretch: str) -> np.ndarray:
-    """A band's contrast stretched to 0..255 (float32): min-max, or CLAHE (8 x 8 tiles, clip 4)."""
-    if stretch == "clahe":
-        return cv2.createCLAHE(clipLimit=4.0, tileGridSize=(8, 8)).apply(band).astype(np.float32)
-    lo, hi = float(band.min()), float(band.max())
-    return (band.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1.0))
-
-
-def _edge_energy(band: np.ndarray, region: np.ndarray) -> float:
-    gx = cv2.Sobel(band, cv2.CV_32F, 1, 0)
-    gy = cv2.Sobel(band, cv2.CV_32F, 0, 1)
-    return float(np.sqrt(gx * gx + gy * gy)[region].sum())
-
-
-def text_trace_ratio(original: np.ndarray, cleaned: np.ndarray, text_mask: np.ndarray,
-                     rows: Optional[tuple[int, int]] = None, region_px: int = 2,
-                     stretch: str = "minmax") -> float:
-    """What a contrast stretch still shows where text was: edge energy left, cleaned / original.
-
-    The band of rows holding the text is contrast-stretched on each frame on
-    its own (``"minmax"`` to 0..255, or ``"clahe"``), as a person trying to
-    read a trace would, and the Sobel gradient magnitude is summed over the
-    text pixels grown by ``region_px`` (the letters, their rims and outlines).
-    0 means nothing is left to read there; 1 means as much as before.  OCR is
-    no judge: it reads nothing in an outline a person still reads.
-
-    Parameters
-    ----------
-    original, cleaned : H x W uint8 grey (or BGR) frames before and after cleaning.
-    text_mask : H x W, non-zero on the original's text pixels.
-    rows : (first, end) rows of the band; by default the text's rows grown by ``region_px`` + 1.
-    region_px : how far around the text pixels the energy counts.
-    stretch : ``"minmax"`` or ``"clahe"``.
-
-    Returns
-    -------
-    The ratio (0 when the original has no edge energy there).
-
-    Example
-    -------
-    >>> band = np.full((20, 60), 40, np.uint8)
-    >>> text = cv2.putText(band.copy(), "20.05", (2, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255)
-    >>> text_trace_ratio(text, band, text != band)
-    0.0
-    """
-    if stretch not in ("minmax", "clahe"):
-        raise ValueError(f"stretch must be 'minmax' or 'clahe', got {stretch!r}")
-    before, after = _as_gray(original)[0], _as_gray(cleaned)[0]
-    text = np.asarray(text_mask) > 0
-    if not text.any():
-        return 0.0
-    if rows is None:
-        ys = np.nonzero(text.any(axis=1))[0]
-        rows = (max(0, int(ys[0]) - region_px - 1), min(text.shape[0], int(ys[-1]) + region_px + 2))
-    band = slice(*rows)
-    region = cv2.dilate(text.view(np.uint8), _square(2 * region_px + 1))[band] > 0
-    energy_before = _edge_energy(_stretched(before[band], stretch), region)
-    return _edge_energy(_stretched(after[band], stretch), region) / energy_before if energy_before else 0.0
 
 
 # --------------------------------------------------------------------------- synthetic overlays
