@@ -183,14 +183,18 @@ def test_colour_calipers_in_bgr_frames(cases, params):
     for x in (292, 508):
         cv2.drawMarker(marks, (x, 300), 255, cv2.MARKER_CROSS, 11, 1)
     assert p.sector[marks > 0].all()
-    yellow = (0, 150, 160)  # BGR; grey ~136: too dim for the grey path, only colour finds it
+    yellow = (0, 150, 160)  # BGR; grey ~136: too dim for the bright grey paths' seeds
     bgr[marks > 0] = yellow
     result = remove_overlay(bgr, p.sector, params)
     assert result.image.shape == bgr.shape
     assert result.overlay_mask[marks > 0].mean() >= 0.95
     chroma = result.image.max(axis=2).astype(int) - result.image.min(axis=2)
     assert chroma.max() < 60
-    assert detect_overlay(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), p.sector, params)[marks > 0].mean() < 0.5
+    # colour found them: the grey frame's bright paths alone do not; its drawn-level path
+    # (one exact grey level along thin strokes) does
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    assert detect_overlay(gray, p.sector, replace(params, level_block_px=0))[marks > 0].mean() < 0.5
+    assert detect_overlay(gray, p.sector, params)[marks > 0].mean() >= 0.95
 
 
 def test_bad_inputs_raise():
@@ -203,7 +207,8 @@ def test_bad_inputs_raise():
         detect_overlay(image, np.ones((32, 32), np.uint8))
     for bad in ({"dilation_px": 4}, {"tophat_kernel_px": 0}, {"low_fraction": 2.0},
                 {"inpaint_method": 7}, {"fill_outside": "zero"}, {"inside_method": "cnn"},
-                {"learned_threshold": 1.5}, {"learned_high_threshold": 0.0}, {"learned_halo_px": -1}):
+                {"learned_threshold": 1.5}, {"learned_high_threshold": 0.0}, {"learned_halo_px": -1},
+                {"level_block_px": 4}, {"level_spike": 0.5}):
         with pytest.raises(ValueError):
             TextRemovalParams(**bad)
     assert detect_overlay(image).sum() == 0  # blank frame: nothing to find

@@ -5,8 +5,8 @@ letters left; :func:`band_trace_ratio` measures that (edge energy of the
 stretched band over the text, cleaned / original).  The cases put text on the
 procedural phantom below a scanner-like header (a grey bar shaded top to
 bottom, outside the sector): text outlined in black as Voluson draws it, large
-bold text (font scale 2.5, 7 px strokes), grey text (140) and black text on a
-white label, on the bar and on tissue inside the sector.  The real SonoNet
+bold text (font scale 2.5, 7 px strokes), grey text (140), thin (1-2 px) text
+dimmer than the bright paths' seeds (100-120) and black text on a white label, on the bar and on tissue inside the sector.  The real SonoNet
 frames are checked when present (``benchmarks/measure_text_trace.py`` prints
 the same per frame).
 """
@@ -65,6 +65,8 @@ CASES = {
     "black on a label, header": (False, lambda f: _label(f, "JOHN DOE 1980", (80, 60), 1.0, 2)),
     "large on tissue": (True, lambda f: _text(f, "20.05.2015", (160, HEADER_PX + 300), 2.5, 7, 255)),
     "grey on tissue": (True, lambda f: _text(f, "MRN 0012345", (220, HEADER_PX + 250), 1.2, 3, 140)),
+    "thin grey on tissue": (True, lambda f: _text(f, "MRN 0012345", (220, HEADER_PX + 250), 0.8, 1, 120)),
+    "thin dim on tissue": (True, lambda f: _text(f, "ID 4471 ANON", (200, HEADER_PX + 280), 0.6, 2, 100)),
     "black on a label, sector": (True, lambda f: _label(f, "JOHN DOE 1980", (220, HEADER_PX + 330), 1.0, 2)),
 }
 
@@ -90,8 +92,9 @@ def _check_clean(inside, reference, framed, cleaned, sector, head, text, flagged
     drawn = np.abs(framed.astype(np.int16) - reference)[text].mean()
     left = np.abs(cleaned.astype(np.int16) - reference)[text].mean()
     assert left <= 0.2 * drawn, (left, drawn)
-    # anatomy is left alone: the head outside the text (grown by 3 px) is unchanged
-    near_text = cv2.dilate(text.view(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    # anatomy is left alone: the head outside the text (grown by 4 px: a 1 px stroke's
+    # removal reaches its anti-aliased rim and the dilation beyond it) is unchanged
+    near_text = cv2.dilate(text.view(np.uint8), np.ones((9, 9), np.uint8)) > 0
     changed = cleaned != framed
     assert not changed[(head > 0) & ~near_text].any()
     assert changed[(sector > 0) & ~near_text].mean() < 0.0005

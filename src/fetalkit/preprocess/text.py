@@ -189,6 +189,17 @@ class TextRemovalParams:
     plateau_min_steep : least fraction of the pixels 2 px outside the plateau
         that differ from it by half its contrast or more (drawn text drops to
         the background within its rim; clipped echoes fade over many pixels).
+    level_block_px : the *drawn level* path finds thin (1-2 px) text dimmer
+        than ``inside_min_grey`` inside the sector: in each block of this side
+        (and in a grid offset by half a block) the pixels standing out of the
+        7 x 7 top-hat are counted per grey level; 0 disables the path.
+    level_min_px : least number of such pixels at one level in a block (a drawn
+        stroke's core is one grey level; speckle spreads over many).
+    level_spike : that count must be this many times the mean count of the two
+        levels on either side (levels the frame does not use are skipped, so a
+        stretched frame's comb histogram is not a spike).
+    level_min_group_px : least number of spike pixels, each with an 8-neighbour
+        at its own level, in a group of letters (joined 3 rows x 9 columns).
     label_max_std_grey : dark strokes count only on a flat label: the spread of
         the label value (grey closing) around them, at most this.
     blank_margin_px : text outside the sector (or on a bar inside it) is
@@ -227,6 +238,10 @@ class TextRemovalParams:
     plateau_min_px: int = 12
     plateau_min_fraction: float = 0.4
     plateau_min_steep: float = 0.75
+    level_block_px: int = 32
+    level_min_px: int = 10
+    level_spike: float = 5.0
+    level_min_group_px: int = 20
     label_max_std_grey: float = 2.0
     blank_margin_px: int = 3
     blank_max_height_px: int = 128
@@ -270,6 +285,10 @@ class TextRemovalParams:
             raise ValueError(f"learned_halo_px must be >= 0, got {self.learned_halo_px}")
         if self.wide_kernel_px and (self.wide_kernel_px < 3 or self.wide_kernel_px % 2 == 0):
             raise ValueError(f"wide_kernel_px must be 0 or an odd integer >= 3, got {self.wide_kernel_px}")
+        if self.level_block_px and (self.level_block_px < 8 or self.level_min_px < 2 or self.level_spike < 1
+                                    or self.level_min_group_px < 1):
+            raise ValueError("level_block_px must be 0 or >= 8, level_min_px >= 2, level_spike >= 1 and "
+                             "level_min_group_px >= 1")
         if self.blank_margin_px < 0 or self.blank_max_height_px < 1 or self.plateau_min_px < 1:
             raise ValueError("blank_margin_px must be >= 0, blank_max_height_px and plateau_min_px >= 1")
 
@@ -616,6 +635,88 @@ def _light_text(gray: np.ndarray, flat: np.ndarray, low: float, high: float, par
     return text
 
 
+def _level_text(gray: np.ndarray, tophat: np.ndarray, allowed: np.ndarray, params: TextRemovalParams
+                ) -> np.ndarray:
+    """H x W bool: thin drawn strokes of one grey level below ``inside_min_grey`` (the *drawn level* path).
+
+    Text drawn in grey (value 80-159) with 1-2 px strokes has no flat 3 x 3
+    core for the plateau path and no seed for the bright paths, but its stroke
+    centres share one exact grey level, which speckle does not: per block, a
+    level holding many strong top-hat pixels (``level_min_px``) and far more
+    than its neighbouring used levels (``level_spike``) is a drawn level; its
+    pixels count when an 8-neighbour has the same level (strokes, not scattered
+    dots) and enough of them lie together (``level_min_group_px``).  The
+    footprint is those cores and the strong top-hat pixels within 2 px of them
+    (the anti-aliased rim).
+    """
+    h, w = gray.shape
+    out = np.zeros((h, w), bool)
+    block = params.level_block_px
+    strong = int(np.ceil(params.min_contrast_grey))
+    ys, xs = np.nonzero((tophat >= strong) & allowed & (gray < params.inside_min_grey))
+    if ys.size < params.level_min_group_px:
+        return out
+    used = cv2.calcHist([gray], [0], allowed.view(np.uint8), [256], [0, 256]).ravel() > 0
+    rank = np.cumsum(used) - 1  # the frame's used levels, gaps of a stretched histogram closed
+    levels = rank[gray[ys, xs]]
+    spike = np.zeros(ys.size, bool)
+    for offset in (0, block // 2):
+        key = (((ys + offset) // block) * (w // block + 2) + (xs + offset) // block) * 256 + levels
+        count = np.bincount(key, minlength=int(key.max()) + 3).astype(np.float32)
+        padded = np.concatenate([[0.0, 0.0], count, [0.0, 0.0]])
+        beside = (padded[:-4] + padded[1:-3] + padded[3:-1] + padded[4:]) / 4
+        hot = (count >= params.level_min_px) & (count >= params.level_spike * np.maximum(beside, 1.0))
+        spike |= hot[key]
+    if spike.sum() < params.level_min_group_px:
+        return out
+    # point-wise from here on: a few hundred pixels, not the frame
+    ys, xs = ys[spike], xs[spike]
+    level = np.full((h + 2, w + 2), -1, np.int16)
+    level[ys + 1, xs + 1] = gray[ys, xs]
+    own = level[ys + 1, xs + 1]
+    stroke = np.zeros(ys.size, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                stroke |= level[ys + 1 + dy, xs + 1 + dx] == own
+    ys, xs = ys[stroke], xs[stroke]
+    if ys.size < params.level_min_group_px:
+        return out
+    points = np.zeros((h, w), np.uint8)
+    points[ys, xs] = 1
+    n, words = cv2.connectedComponents(cv2.dilate(points, np.ones(_JOIN_HW, np.uint8)), connectivity=8)
+    word = words[ys, xs]
+    kept = (np.bincount(word, minlength=n) >= params.level_min_group_px)[word]
+    if not kept.any():
+        return out
+    ys, xs, word = ys[kept], xs[kept], word[kept]
+    # grown, within the word's box (the joined letters, 3 px beyond), through pixels that stand out
+    # and are no brighter than the drawn level (anti-aliasing blends it with what lies below; bone
+    # is brighter): the stroke ends whose centres missed the level
+    grow_y, grow_x = _JOIN_HW[0] // 2 + 3, _JOIN_HW[1] // 2 + 3
+    y0, x0 = np.full(n, h, np.int32), np.full(n, w, np.int32)
+    y1, x1, top = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int16)
+    np.minimum.at(y0, word, ys.astype(np.int32))
+    np.minimum.at(x0, word, xs.astype(np.int32))
+    np.maximum.at(y1, word, ys.astype(np.int32) + 1)
+    np.maximum.at(x1, word, xs.astype(np.int32) + 1)
+    np.maximum.at(top, word, gray[ys, xs].astype(np.int16))
+    y0, x0 = np.maximum(y0 - grow_y, 0), np.maximum(x0 - grow_x, 0)
+    y1, x1 = np.minimum(y1 + grow_y, h), np.minimum(x1 + grow_x, w)
+    cy, cx = int(y0.min()), int(x0.min())
+    crop = slice(cy, int(y1.max())), slice(cx, int(x1.max()))
+    box = np.full(gray[crop].shape, -1, np.int16)
+    for i in np.flatnonzero(np.bincount(word, minlength=n)):
+        box[y0[i] - cy:y1[i] - cy, x0[i] - cx:x1[i] - cx] = top[i]
+    candidate = (allowed[crop] & (tophat[crop] >= strong // 2) & (gray[crop] <= box)).view(np.uint8)
+    grown = np.zeros(box.shape, np.uint8)
+    grown[ys - cy, xs - cx] = 1
+    for _ in range(3):  # 3 px along what stands out: a stroke's ends, not the tissue beside it
+        grown = cv2.dilate(grown, _square(3)) & (candidate | grown)
+    out[crop] = grown > 0
+    return out
+
+
 def overlay_seeds(image: np.ndarray, inside: np.ndarray, params: TextRemovalParams = TextRemovalParams()
                   ) -> np.ndarray:
     """Seed pixels of the hysteresis (bright top-hat peaks; inside ``inside`` also near white), H x W bool."""
@@ -689,9 +790,35 @@ def _detect_strokes(gray: np.ndarray, tophat: np.ndarray, chroma: Optional[np.nd
     if wide is not None:
         # wide, grey and bright plateaus, looked for only where the thin paths took nothing
         wide |= _light_text(gray, flat, low, high, params, ~label, mask == 0)
-        if wide.any():
-            mask |= _missed(wide, mask, params.dilation_px)
+    if params.level_block_px:
+        # thin text dimmer than the bright paths' seeds, again only where nothing was taken
+        level = _level_text(gray, tophat, inside & (mask == 0), params)
+        wide = level if wide is None else wide | level
+    if wide is not None and wide.any():
+        mask |= _missed(wide, mask, params.dilation_px)
+    _fill_small_holes(mask, gray, params.inside_low_grey)
     return mask
+
+
+_HOLE_MAX_PX = 16  # enclosed gaps of the overlay mask up to this area may be overlay too
+
+
+def _fill_small_holes(mask: np.ndarray, gray: np.ndarray, min_grey: int) -> None:
+    """Add to a uint8 {0, 1} mask (in place) the bright pixels (``>= min_grey``) of the small gaps it encloses.
+
+    A few label pixels left between detected letters would be spread by the
+    inpainting into a bright smudge around them; tissue seen through a letter's
+    counter (the hole of an "0") is left to be read by the inpainting.
+    """
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return
+    holes = [c for c, (_, _, _, parent) in zip(contours, hierarchy[0])
+             if parent >= 0 and cv2.contourArea(c) <= _HOLE_MAX_PX]
+    if holes:
+        filled = np.zeros_like(mask)
+        cv2.drawContours(filled, holes, -1, 1, cv2.FILLED)
+        mask |= filled & (gray >= min_grey)
 
 
 def _missed(wide: np.ndarray, found: np.ndarray, dilation_px: int) -> np.ndarray:
