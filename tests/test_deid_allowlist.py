@@ -315,6 +315,38 @@ def test_cli_shift_dates_keep_and_no_clean(phi_file, tmp_path):
     assert not (tmp_path / "x.dcm").exists()
 
 
+def test_cli_key_file_makes_separate_runs_agree(tmp_path):
+    """Two `fetalkit deid` runs, one per file of one patient, sharing a key file: one shift, one study UID."""
+    a = _write(tmp_path / "a.dcm", _phi_dataset(STUDY_UID + ".3.1"))
+    b_ds = _phi_dataset(STUDY_UID + ".3.2")
+    b_ds.StudyDate = "20240801"
+    b = _write(tmp_path / "b.dcm", b_ds)
+    key = tmp_path / "keys" / "deid.key"
+    key.parent.mkdir()
+
+    def run(src: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fetalkit.cli", "deid", str(src), "-o",
+                               str(tmp_path / ("out-" + src.name)), "--no-clean", "--shift-dates", *extra],
+                              capture_output=True, text=True)
+
+    assert run(a, "--key-file", str(key)).returncode == 0
+    assert key.stat().st_mode & 0o077 == 0, "the key file is readable by its owner only"
+    made = key.read_text()
+    assert run(b, "--key-file", str(key)).returncode == 0
+    assert key.read_text() == made
+    da, db = (pydicom.dcmread(tmp_path / ("out-" + n)) for n in ("a.dcm", "b.dcm"))
+    assert _date(db.StudyDate) - _date(da.StudyDate) == _date("20240801") - _date(DATES["StudyDate"])
+    assert da.StudyInstanceUID == db.StudyInstanceUID != STUDY_UID
+    # the same key in the library (a batch's workers) gives the same shift
+    expected = UidMap(key=made.strip()).date_shift_days(PHI["PatientID"])
+    assert (_date(da.StudyDate) - _date(DATES["StudyDate"])).days == expected
+
+    bad = tmp_path / "bad.key"
+    bad.write_bytes(b"\xff\xfe not a key")
+    res = run(a, "--key-file", str(bad))
+    assert res.returncode == 1 and "bad.key: not a fetalkit key file" in res.stderr and "Traceback" not in res.stderr
+
+
 # --------------------------------------------------------------------------- compressed pixel data
 
 

@@ -1109,13 +1109,16 @@ def clean_cmd(inputs: List[Path] = typer.Argument(..., help="Images and/or folde
 def deid_cmd(src: Path = typer.Argument(..., help="A DICOM file, a video (.mp4 .avi .mov .mkv .m4v) or an image."),
              output: Path = typer.Option(..., "-o", "--output", help="Output file (never the input)."),
              clean: bool = typer.Option(True, help="Also remove burned-in text from the pixels."),
-             shift_dates: bool = typer.Option(False, "--shift-dates", help="DICOM: move each patient's dates by one number of days (-365..-1, from a keyed hash of the Patient ID; intervals kept) instead of removing them."),
+             shift_dates: bool = typer.Option(False, "--shift-dates", help="DICOM: move each patient's dates by one number of days (-365..-1, intervals kept) instead of removing them; with --key-file the same in every run, else drawn for this run."),
              keep: Optional[List[str]] = typer.Option(None, "--keep", help="DICOM: keep this attribute as it is, by keyword or tag (repeatable); you answer for what it reveals."),
+             key_file: Optional[Path] = typer.Option(None, "--key-file", help="DICOM: secret key file (made when missing; a batch's is OUT/.batch/uid-key): new UIDs and date shifts are keyed hashes, so runs sharing it agree. Keep it with the source data."),
              json_out: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
     """De-identify: DICOM PS3.15 basic profile + an ultrasound attribute allow-list (new consistent UIDs), burned-in text removed from the pixels."""
     from fetalkit.io.inputs import printable
+    from fetalkit.deid import UidMap, load_or_create_key
     from fetalkit.preprocess.jobs import deidentify_path
-    report = deidentify_path(src, output, clean=clean, shift_dates=shift_dates, keep=tuple(keep or ()))
+    uids = UidMap(key=load_or_create_key(key_file)) if key_file is not None else None
+    report = deidentify_path(src, output, uid_map=uids, clean=clean, shift_dates=shift_dates, keep=tuple(keep or ()))
     if report.get("fps_assumed"):  # on stderr: --json output stays JSON
         console.print(f"no frame timing in {printable(src)}: written at {report['fps_assumed']:g} frames/s",
                       highlight=False, soft_wrap=True, markup=False)

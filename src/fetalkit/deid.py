@@ -208,6 +208,30 @@ class DeidOptionError(FetalkitError):
 # --------------------------------------------------------------------------- UID map
 
 
+
+def load_or_create_key(path: str | os.PathLike) -> str:
+    """The secret key kept in ``path`` (made on first use: 64 hex digits, mode 0600).
+
+    The key of a :class:`UidMap`: commands and batches that share the file give one
+    study the same new UIDs and one patient the same date shift.  It is as identifying
+    as a UID map: keep it with the source data.
+    """
+    path = Path(path)
+    try:
+        if not path.exists():
+            atomic_write_bytes(path, secrets.token_hex(32).encode())
+            os.chmod(path, 0o600)
+        key = path.read_text().strip()
+    except OSError as err:
+        raise InputError(f"{printable(path)}: cannot read or create the key file ({err.strerror or err}); "
+                         "give a --key-file in a folder you can write") from None
+    except UnicodeDecodeError:
+        key = ""
+    if not re.fullmatch(r"[0-9A-Za-z+/=_-]{16,}", key):
+        raise InputError(f"{printable(path)}: not a fetalkit key file (expected one line of at least 16 "
+                         "letters or digits); give another --key-file or remove this one to make a new key")
+    return key
+
 @dataclass
 class UidMap:
     """One new UID for each original UID, the same in every file it appears in.

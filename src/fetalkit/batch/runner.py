@@ -21,7 +21,6 @@ import fcntl
 import json
 import multiprocessing
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -37,6 +36,7 @@ from typing import Callable, Iterator, Optional
 from fetalkit.batch.inputs import (MANIFEST_COLUMNS, STATE_DIR, Entry, Journal, compact_journal, find_inputs,
                                    key, kind_of, on_disk, read_journal, sha256_of)
 from fetalkit.batch.jobs import JOBS, BatchJob, BatchOptions, FileRun
+from fetalkit.deid import load_or_create_key
 from fetalkit.errors import FetalkitError, InputError
 from fetalkit.io.images import atomic_write_bytes
 from fetalkit.io.inputs import inside, os_error, printable, refuse_overwrite
@@ -373,15 +373,6 @@ def _check_job_record(state: Path, job: BatchJob, options: BatchOptions) -> None
                          "or choose another --out")
 
 
-def _uid_key(state: Path) -> str:
-    """The batch's secret UID key, made on the first run and kept for resumed runs."""
-    path = state / "uid-key"
-    if not path.exists():
-        atomic_write_bytes(path, secrets.token_hex(32).encode())
-        os.chmod(path, 0o600)
-    return path.read_text().strip()
-
-
 def _is_done(prev: Optional[Entry], src: Path, out_dir: Path) -> Optional[Entry]:
     """The earlier entry when the input is done and unchanged and its outputs are all there, else None.
 
@@ -468,7 +459,7 @@ def _run_locked(job: BatchJob, src: Path, out_dir: Path, state: Path, options: B
     t0 = time.perf_counter()
     _check_job_record(state, job, options)
     if job.name == "deid":
-        options = replace(options, uid_key=_uid_key(state))
+        options = replace(options, uid_key=load_or_create_key(state / "uid-key"))
     shutil.rmtree(state / "partial", ignore_errors=True)  # what a killed run was still writing
     root = src.parent if src.is_file() else src
     journal_path = state / "journal.jsonl"
