@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fetalkit.datasets.views import ViewItem, public_view_items, split_view_items
+from fetalkit.errors import DataError
 from fetalkit.runtime.classifier import view_input
 from fetalkit.synth.phantom import head_phantom
 from fetalkit.synth.sequences import on_wide_screen
@@ -125,17 +126,24 @@ def test_classify_writes_a_row_per_input_and_names_bad_files(tiny_run, tmp_path)
     assert rows["broken.png"]["error"] and not rows["broken.png"]["class"]
 
 
-def test_public_sets_give_four_classes_split_by_their_groups():
+def test_public_sets_give_anatomy_classes_split_by_their_groups():
     from tests.conftest import need_dataset
     root = need_dataset("hc18").parent
     sources = public_view_items(root)
     counts = Counter(it.label for items in sources for it in items)
-    assert counts == {"head_transthalamic": 852, "intrapartum_transperineal": 1168, "fetal_echo": 103,
-                      "other_standard_plane": 53}
+    by_origin = Counter((it.origin, it.label) for items in sources for it in items)
+    assert set(counts) == {"fetal_head", "intrapartum_transperineal", "fetal_heart", "other_fetal_plane",
+                           "not_ultrasound"}
+    assert by_origin[("hc18", "fetal_head")] == 852 and by_origin[("psfhs", "intrapartum_transperineal")] == 1168
+    assert by_origin[("feecho4d", "fetal_heart")] == 103 and by_origin[("phantom", "fetal_head")] == 60
+    if (root / "fetal_planes_db").is_dir():  # the trans-thalamic brains are heads now, the thorax hearts
+        assert by_origin[("fetal_planes_db", "fetal_head")] == 11 and by_origin[("fetal_planes_db", "fetal_heart")] == 7
     test = split_view_items(sources, "test", 0)
     train = split_view_items(sources, "train", 0)
     assert not ({it.group for it in test} & {it.group for it in train})
     assert {it.label for it in test} == set(counts)
+    with pytest.raises(DataError, match="--leave-out nowhere:fetal_head"):
+        public_view_items(root, leave_out=("nowhere:fetal_head",))
 
 
 def test_train_view_cli_on_a_cvat_folder_and_on_class_folders(tmp_path):
@@ -168,7 +176,8 @@ def test_bundled_view_model_meets_its_target_on_the_held_out_public_images(tmp_p
     from fetalkit.evaluation.view import evaluate_view
     root = need_dataset("hc18").parent
     scores = evaluate_view("view-mnv2", public_view_items(root), "test", None, tmp_path)
-    assert scores["n"] == 341  # the split the card records
-    for c in ("head_transthalamic", "intrapartum_transperineal", "fetal_echo"):  # the classes of >= 100 images
+    assert scores["n"] == 353  # the split the card records
+    for c in ("fetal_head", "intrapartum_transperineal"):  # the classes of >= 100 test images
         assert scores["per_class"][c]["recall"] >= 0.97 and scores["per_class"][c]["precision"] >= 0.97
     assert scores["accuracy"] >= 0.97
+    assert scores["per_source"]["hc18:fetal_head"]["accuracy"] >= 0.97

@@ -296,6 +296,7 @@ def train_view_cmd(
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train / val / test split (default: --seed)."),
     threads: int = typer.Option(2, help="CPU threads for torch."),
     resume: bool = typer.Option(True, help="Resume from OUT/last.pt when present."),
+    leave_out: Optional[List[str]] = typer.Option(None, "--leave-out", help="Public sets: ORIGIN:CLASS (e.g. fetal_planes_db:fetal_head; repeatable) kept out of training and validation, tested only (leave-one-source-out)."),
 ):
     """Train a scan-view classifier (split by subject / id block / time block / stream; class-balanced; resumable)."""
     _needs_training_extra()
@@ -307,7 +308,7 @@ def train_view_cmd(
     torch.set_num_threads(threads)
     cfg = ViewTrainConfig(arch=arch, size_px=size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                           split_seed=split_seed, init="imagenet" if arch == "mnv2" else "random")
-    sources = view_sources(data, task, images)
+    sources = view_sources(data, task, images, leave_out=tuple(leave_out or ()))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "command.txt").write_text("fetalkit " + " ".join(sys.argv[1:]) + "\n")
     with Progress(console=console) as bar:
@@ -406,15 +407,20 @@ def eval_view_cmd(model: str = typer.Option(..., "--model", help="View classifie
                   images: Optional[Path] = typer.Option(None, "--images", help="As for 'fetalkit train view'."),
                   split: str = typer.Option("test", help="train, val, test or all (the model's own split)."),
                   seed: Optional[int] = typer.Option(None, help="Split seed (default: the one in the model card)."),
+                  leave_out: Optional[List[str]] = typer.Option(None, "--leave-out", help="As for 'fetalkit train view': these images join the test part."),
                   update_card: bool = typer.Option(False, "--update-card", help="Write the figures into the model card (test split only).")):
     """Accuracy, per-class precision / recall / F1 and the confusion matrix of a view classifier."""
     _check_split(split)
     from fetalkit.datasets.views import view_sources
     from fetalkit.evaluation.view import evaluate_view
-    result = evaluate_view(model, view_sources(data, task, images), split, seed, out_dir, update_card=update_card)
+    result = evaluate_view(model, view_sources(data, task, images, leave_out=tuple(leave_out or ())), split, seed,
+                           out_dir, update_card=update_card)
     out.print(f"{split}: accuracy {result['accuracy']:.4f} on {result['n']} images; macro-F1 {result['macro_f1']:.4f}")
     for c, r in result["per_class"].items():
         out.print(f"  {c:28s} P {r['precision']:.4f}  R {r['recall']:.4f}  F1 {r['f1']:.4f}  ({r['support']} images)")
+    out.print("accuracy per source and class:")
+    for key, r in result["per_source"].items():
+        out.print(f"  {key:50s} {r['accuracy']:.4f}  ({r['n']} images)", highlight=False)
     out.print(f"confusion matrix in {out_dir / 'confusion.png'}")
 
 

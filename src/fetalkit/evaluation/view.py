@@ -24,6 +24,15 @@ def view_scores(y_true: list[str], y_pred: list[str], classes: list[str]) -> dic
             "classes": classes, "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist()}
 
 
+def per_source_accuracy(items: list[ViewItem], predicted: list[str]) -> dict:
+    """Accuracy per (origin, class): does the classifier answer the plane in every source?"""
+    out: dict[str, dict] = {}
+    for key in sorted({f"{it.origin}:{it.label}" for it in items}):
+        hits = [p == it.label for it, p in zip(items, predicted) if f"{it.origin}:{it.label}" == key]
+        out[key] = {"n": len(hits), "accuracy": round(float(np.mean(hits)), 4)}
+    return out
+
+
 def plot_confusion(scores: dict, path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -53,6 +62,7 @@ def evaluate_view(model: str, sources: list[list[ViewItem]], split: str, seed: O
                             for i in range(0, len(items), 32)])
     pred = [vc.classes[k] for k in probs.argmax(1)]
     scores = view_scores([it.label for it in items], pred, vc.classes)
+    scores["per_source"] = per_source_accuracy(items, pred)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps({**scores, "split": split, "seed": seed,
                                                       "model": str(vc.model.path)}, indent=1))
@@ -60,9 +70,9 @@ def evaluate_view(model: str, sources: list[list[ViewItem]], split: str, seed: O
                    ["class", "precision", "recall", "f1", "support"])
     write_csv_rows(out_dir / "predictions.csv",
                    [{"source": str(it.source), "frame": "" if it.frame is None else it.frame, "group": it.group,
-                     "label": it.label, "predicted": p, "probability": f"{probs[k].max():.4f}"}
+                     "origin": it.origin, "label": it.label, "predicted": p, "probability": f"{probs[k].max():.4f}"}
                     for k, (it, p) in enumerate(zip(items, pred))],
-                   ["source", "frame", "group", "label", "predicted", "probability"])
+                   ["source", "frame", "group", "origin", "label", "predicted", "probability"])
     plot_confusion(scores, out_dir / "confusion.png",
                    f"{vc.model.path.stem}, {split} split: accuracy {scores['accuracy']:.3f} ({scores['n']} images)")
     if update_card:

@@ -319,7 +319,7 @@ def train_view(sources: list[list[ViewItem]], out_dir: Path, cfg: ViewTrainConfi
     if len(classes) < 2:
         raise DataError(f"the training part holds {len(classes)} class(es); a classifier needs at least two")
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"{it.source}#{'' if it.frame is None else it.frame},{it.label},{it.group},{part}"
+    lines = [f"{it.source}#{_frame_field(it)},{it.label},{it.group},{part}"
              for part, part_items in (("train", train), ("val", val),
                                       ("test", split_view_items(sources, "test", seed))) for it in part_items]
     (out_dir / "split.txt").write_text("\n".join(lines) + "\n")
@@ -329,6 +329,13 @@ def train_view(sources: list[list[ViewItem]], out_dir: Path, cfg: ViewTrainConfi
     return {**result, "classes": classes, "train": len(train), "val": len(val)}
 
 
+def _frame_field(item: ViewItem) -> str:
+    """What follows ``#`` in ``split.txt``: a video's frame index, ``phantom<seed>`` or nothing."""
+    if item.phantom_seed is not None:
+        return f"phantom{item.phantom_seed}"
+    return "" if item.frame is None else str(item.frame)
+
+
 def split_items(run_dir: Path, part: str) -> list[ViewItem]:
     """The items of one part of a run's ``split.txt``."""
     out = []
@@ -336,7 +343,10 @@ def split_items(run_dir: Path, part: str) -> list[ViewItem]:
         where, label, group, p = line.rsplit(",", 3)
         if p == part:
             source, frame = where.rsplit("#", 1)
-            out.append(ViewItem(Path(source), label, group, int(frame) if frame else None))
+            if frame.startswith("phantom"):
+                out.append(ViewItem(Path(source), label, group, phantom_seed=int(frame[len("phantom"):])))
+            else:
+                out.append(ViewItem(Path(source), label, group, int(frame) if frame else None))
     return out
 
 
@@ -356,12 +366,18 @@ def quantize_view(fp32_path: Path, out_path: Path, calibration: np.ndarray, name
 
 def export_view_run(checkpoint: Path, out_path: Path, name: Optional[str] = None,
                     int8: bool = False, calibration_n: int = 128) -> dict:
-    """Export a run's ``best.pt``: ONNX + card (recipe, split, val figures); with ``int8`` also
+    """Export a run's ``best.pt`` (or ``last.pt``, the schedule's end): ONNX + card (recipe, split, val
+    figures); with ``int8`` also
     ``<out>-int8.onnx``, calibrated on up to ``calibration_n`` images of the run's train part."""
     from fetalkit.training.export import split_counts
     model, ck = load_view_checkpoint(checkpoint)
     cfg, run_dir = ck["config"], checkpoint.parent
     command = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else ""
+    if "metrics" not in ck:  # last.pt: its epoch's row of metrics.csv (the schedule's end, not a selection)
+        import csv
+        with open(run_dir / "metrics.csv", newline="") as f:
+            rows = {int(r["epoch"]): r for r in csv.DictReader(f)}
+        ck["metrics"] = {k: float(v) for k, v in rows[int(ck["epoch"])].items() if k.startswith("val_")}
     card = export_view(model, cfg["classes"], cfg["size_px"], out_path, {
         "name": name or out_path.stem, "arch": cfg["arch"], "arch_description": cfg["arch_description"],
         "train": {"epochs": cfg["epochs"], "best_epoch": ck["epoch"], "seed": cfg["seed"], "lr": cfg["lr"],
