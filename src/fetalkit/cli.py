@@ -399,6 +399,25 @@ def eval_cv_merge_cmd(
     _print_cv_summary(record, out_dir)
 
 
+@eval_app.command("domain")
+def eval_domain_cmd(out_dir: Path = typer.Option(..., "--out", help="Output folder: domain.json, scores.csv."),
+                    data: Optional[Path] = typer.Option(None, "--data", help="The public sets' folder (default $FETALKIT_DATA)."),
+                    classifier: str = typer.Option("view-mnv2-int8", "--classifier", help="View classifier whose anatomy classes score the domain."),
+                    update_cards: bool = typer.Option(False, "--update-cards", help="Write each task's domain (classes, threshold, held-out figures) into its bundled models' cards.")):
+    """Calibrate the domain check of every bundled model: threshold keeping 99 % of in-domain val images; AUROC and false-accept rate on test (also at 95 %)."""
+    from fetalkit.datasets.views import view_sources
+    from fetalkit.evaluation.domain import calibrate_domains
+    result = calibrate_domains(view_sources(data), out_dir, classifier, update_cards=update_cards)
+    for task, r in result["tasks"].items():
+        t, t95 = r["test"], r["test_95"]
+        out.print(f"{task:12s} domain {'+'.join(r['classes'])}: threshold {r['threshold']:.3f}; test AUROC "
+                  f"{t['auroc']}, kept {t['kept_in_domain']} of {t['n_in']} in-domain, false accept "
+                  f"{t['false_accept']} of {t['n_out']} others (at 95 % val retention, threshold "
+                  f"{r['threshold_95']:.3f}: kept {t95['kept_in_domain']}, false accept {t95['false_accept']})",
+                  highlight=False, soft_wrap=True)
+    out.print(f"wrote {out_dir / 'domain.json'}" + ("; cards updated" if update_cards else ""))
+
+
 @eval_app.command("view")
 def eval_view_cmd(model: str = typer.Option(..., "--model", help="View classifier: bundled name or .onnx."),
                   out_dir: Path = typer.Option(..., "--out", help="Output folder: metrics.json, per_class.csv, confusion.png, predictions.csv."),
@@ -538,6 +557,9 @@ def eval_head_seg_cmd(
     out.print(f"Dice {summary['dice_mean']:.4f}   Hausdorff {summary['hd_mm_mean']:.2f} mm   "
               f"|HC diff| {summary['hc_abs_diff_mm_mean']:.2f} mm ({summary['hc_abs_diff_pct_mean']:.2f} %), "
               f"median {summary['hc_abs_diff_mm_median']:.2f} mm")
+    if "measured_share" in summary:
+        out.print(f"domain check (as biometry head): {summary['n_refused']} refused, {100 * summary['measured_share']:.1f} % "
+                  f"measured; |HC diff| over those {summary['hc_abs_diff_mm_mean_measured']:.2f} mm")
     if out_dir:
         out.print(f"per-image results: {out_dir / 'per_image.csv'}")
 

@@ -14,24 +14,33 @@ from fetalkit.datasets.splits import select_split
 from fetalkit.errors import FetalkitError
 from fetalkit.evaluation.segmentation import dice_and_hausdorff_mm
 from fetalkit.evaluation.tables import finite_mean, finite_median, n_nonfinite
+from fetalkit.runtime.domain import DomainCheck
 
-COLUMNS = ["image_id", "split", "dice", "hd_mm", "hc_ref_mm", "hc_pred_mm", "hc_abs_diff_mm", "hc_abs_diff_pct", "error"]
+COLUMNS = ["image_id", "split", "dice", "hd_mm", "hc_ref_mm", "hc_pred_mm", "hc_abs_diff_mm", "hc_abs_diff_pct",
+           "plane_score", "plane_ok", "error"]
 
 
 def evaluate_head(root: Path, model=None, split: str = "test", seed: int = 0, out_dir: Optional[Path] = None,
                   limit: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None) -> dict:
-    """Score a head-seg ONNX model on a split of HC18 (the model runs through the runtime, like users run it)."""
+    """Score a head-seg ONNX model on a split of HC18 (the model runs through the runtime, like users run it).
+
+    Every image is scored; the domain check of the model's card (as ``biometry head``
+    applies it) marks the images it would refuse, and the summary gives the share
+    measured and the HC error over those alone."""
     items = list_hc18(root)
     idx = select_split([it.subject_id for it in items], split, seed)
     if limit:
         idx = idx[:limit]
     biometry = HeadBiometry(model)
+    domain = DomainCheck.of(biometry.model)
     rows = []
     for k, i in enumerate(idx):
         item = items[i]
         sample = item.load()
         row = {c: "" for c in COLUMNS}
         row.update(image_id=item.image_id, split=split, hc_ref_mm=f"{item.hc_mm:.2f}")
+        if domain is not None:
+            row.update(domain.judge(sample.image).as_fields())
         pred = biometry.segment(sample.image)
         dice, hd = dice_and_hausdorff_mm(pred, sample.mask, item.pixel_mm)
         row.update(dice=f"{dice:.5f}", hd_mm=f"{hd:.3f}")
@@ -52,6 +61,10 @@ def evaluate_head(root: Path, model=None, split: str = "test", seed: int = 0, ou
                "hc_abs_diff_mm_mean": finite_mean(rows, "hc_abs_diff_mm"),
                "hc_abs_diff_pct_mean": finite_mean(rows, "hc_abs_diff_pct"),
                "hc_abs_diff_mm_median": finite_median(rows, "hc_abs_diff_mm")}
+    if domain is not None:
+        measured = [r for r in rows if r["plane_ok"] == "true"]
+        summary.update(n_refused=len(rows) - len(measured), measured_share=round(len(measured) / max(1, len(rows)), 4),
+                       hc_abs_diff_mm_mean_measured=finite_mean(measured, "hc_abs_diff_mm"))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv_rows(out_dir / "per_image.csv", rows, COLUMNS)
