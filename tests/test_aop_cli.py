@@ -38,9 +38,17 @@ def test_aop_on_real_images_and_bad_inputs(tmp_path):
         assert labels.shape == (256, 256) and set(np.unique(labels)) <= {0, 1, 2}
         assert (tmp_path / "o" / f"{g.stem}_overlay.png").is_file()
     assert "constant" in rows["flat.png"]["error"]
-    assert rows["noise.png"]["aop_deg"] == ""
-    assert "no pubic symphysis" in rows["noise.png"]["error"] or "no fetal head" in rows["noise.png"]["error"] \
-        or "too small" in rows["noise.png"]["error"]
+    for g in good:
+        assert rows[g.name]["plane_ok"] == "true"
+    # noise is no transperineal scan: refused before the model measures it
+    assert rows["noise.png"]["aop_deg"] == "" and rows["noise.png"]["plane_ok"] == "false"
+    assert "not an intrapartum transperineal scan" in rows["noise.png"]["error"]
+    assert not (tmp_path / "o" / "masks" / "noise.png").exists()
+    # --force measures it: the model then finds no structure to measure
+    forced = fetalkit("biometry", "aop", noise, "--force", "--out", tmp_path / "f")
+    row = next(csv.DictReader(open(tmp_path / "f" / "measurements.csv")))
+    assert forced.returncode == 1 and row["plane_ok"] == "false" and row["aop_deg"] == ""
+    assert "no pubic symphysis" in row["error"] or "no fetal head" in row["error"] or "too small" in row["error"]
 
 
 def test_aop_rejects_bad_orientation(tmp_path):

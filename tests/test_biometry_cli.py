@@ -69,8 +69,10 @@ def test_bad_inputs_get_error_rows_and_the_rest_is_measured(phantoms, tmp_path):
     assert "constant" in rows["flat.png"]["error"]
     assert "not found" in rows["missing.png"]["error"]
     assert "almost no contrast" in rows["dark_noise.png"]["error"]
-    assert "no head found" in rows["noise.png"]["error"]
+    assert "not a fetal head plane" in rows["noise.png"]["error"] and rows["noise.png"]["plane_ok"] == "false"
     assert good.read_bytes() == before  # inputs never modified
+    forced = fetalkit("biometry", "head", bad_dir / "noise.png", "--pixel-mm", "0.12", "--force", "--out", tmp_path / "f")
+    assert forced.returncode == 1 and "no head found" in forced.stderr and "Traceback" not in forced.stderr
 
 
 def test_bad_pixel_sizes(phantoms, tmp_path):

@@ -813,6 +813,7 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
              log: Path = typer.Option(None, "--log", help="Write one JSON line per frame (masks, detections, held, ssim, ms, roi)."),
              threads: int = typer.Option(1, help="onnxruntime threads (1: decode and encode run on the other core; 2 measured slower)."),
              class_names: str = typer.Option(None, help="Class names of a YOLO ONNX without metadata, comma-separated."),
+             outside_domain: str = typer.Option("pass", "--outside-domain", help="Frames the domain check puts outside the detector's domain: pass (left unmasked, logged) or mask (the detector's boxes used anyway)."),
              quiet: bool = typer.Option(False, "--quiet")):
     """Hide regions of interest in every frame (detector + hold rule + fail-safe), streamed in real time."""
     from rich.progress import Progress
@@ -823,6 +824,7 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
     from fetalkit.masking.pipeline import MaskConfig, Masker, run_stream
     from fetalkit.masking.render import STYLES
     from fetalkit.runtime.detector import OnnxDetector
+    from fetalkit.runtime.domain import DomainCheck
     from fetalkit.runtime.registry import resolve_model
     if hold not in RULES:
         fail(f"--hold must be one of {', '.join(RULES)}, got {hold!r}")
@@ -838,8 +840,9 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
                      ssim_threshold=ssim_threshold, ssim_gain=ssim_gain, ssim_imaged_only=ssim_imaged,
                      max_hold_frames=max_hold_frames, style=style,
                      margin=MaskConfig.margin if margin is None else margin,
-                     min_size_px=min_size, fail_safe=fail_safe, conf=conf, iou=iou, roi=roi_value)
-    masker = Masker(det, cfg)
+                     min_size_px=min_size, fail_safe=fail_safe, conf=conf, iou=iou, roi=roi_value,
+                     outside_domain=outside_domain)
+    masker = Masker(det, cfg, domain=DomainCheck.of(det))
     with Progress(console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task("masking", total=src.count)
         report = run_stream(src, output, masker, log, progress=lambda n: bar.update(task, completed=n))
@@ -849,8 +852,9 @@ def mask_cmd(source: str = typer.Argument(..., help="Image, folder of frames, vi
     problem, warning = report.problems(source, output)
     if problem:
         fail(problem)
-    if warning:
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    for line in (warning, masker.domain_warning(report.frames)):
+        if line:
+            console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
     if not quiet:
         import numpy as np
         lat = np.percentile(report.latency_ms, [50, 99]) if report.latency_ms else [0, 0]
@@ -874,6 +878,7 @@ def bench_video_cmd(
     roi: str = typer.Option("auto", "--roi", help="Where to detect, as in 'fetalkit mask': auto, full or X,Y,W,H."),
     wide: float = typer.Option(None, "--wide", help="Show each frame in the centre of a black frame this many times as wide as high (a scanner screen; 1.811 is the FeEcho4D clip's 1112 x 614)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for rules.csv, rules.json and tradeoff.png."),
+    domain: bool = typer.Option(True, "--domain/--no-domain", help="As 'fetalkit mask': frames the domain check puts outside the detector's domain get no detection."),
     json_out: bool = typer.Option(False, "--json"),
 ):
     """False-negative and false-masked frame rates of the hold rules on simulated scan sequences."""
@@ -889,6 +894,7 @@ def bench_video_cmd(
     from fetalkit.detection.region import parse_roi
     from fetalkit.masking.pipeline import MaskConfig
     from fetalkit.runtime.detector import OnnxDetector
+    from fetalkit.runtime.domain import DomainCheck
     from fetalkit.runtime.registry import resolve_model
     margin = MaskConfig.margin if margin is None else margin
     roi_value = parse_roi(roi)
@@ -913,7 +919,9 @@ def bench_video_cmd(
         if wide:
             for s in seqs:
                 s.widen(wide)
-        dets = detect_sequences(seqs, det, category, conf, roi_value, lambda done: bar.update(t2, completed=done))
+        check = DomainCheck.of(det) if domain else None
+        dets = detect_sequences(seqs, det, category, conf, roi_value, lambda done: bar.update(t2, completed=done),
+                                check)
         rows = evaluate_rules(seqs, dets, rule_grid(), margin)
         per_seq = sequence_breakdown(seqs, dets, margin)
         per_kind = kind_breakdown(seqs, dets, margin)
@@ -989,6 +997,7 @@ def biometry_head_cmd(
     threads: int = typer.Option(2, help="onnxruntime threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+    force: bool = typer.Option(False, "--force", help="Measure images the domain check refuses (not a fetal head plane); their plane_ok stays false."),
 ):
     """Measure fetal head circumference, BPD and OFD on 2D ultrasound images."""
     from rich.progress import Progress
@@ -996,7 +1005,7 @@ def biometry_head_cmd(
     with Progress(console=console, transient=True, disable=quiet or json_out) as bar:
         task = bar.add_task("measuring", total=None)
         rows = measure_files(inputs, out_dir, pixel_mm, pixel_csv, model, overlays, threads,
-                             progress=lambda i, n: bar.update(task, completed=i, total=n))
+                             progress=lambda i, n: bar.update(task, completed=i, total=n), force=force)
     failed = [r for r in rows if r["error"]]
     if json_out:
         out.print_json(json.dumps(rows))
@@ -1070,6 +1079,7 @@ def biometry_aop_cmd(
     threads: int = typer.Option(2, help="onnxruntime threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+    force: bool = typer.Option(False, "--force", help="Measure images the domain check refuses (not an intrapartum transperineal scan); their plane_ok stays false."),
 ):
     """Segment pubic symphysis + fetal head and measure the angle of progression (ISUOG)."""
     from rich.progress import Progress
@@ -1081,7 +1091,7 @@ def biometry_aop_cmd(
     with Progress(console=console, transient=True, disable=quiet or json_out) as bar:
         task = bar.add_task("measuring", total=None)
         rows = measure_aop_files(inputs, out_dir, model, threads, overlays, caudal_end, opening,
-                                 progress=lambda i, n: bar.update(task, completed=i, total=n))
+                                 progress=lambda i, n: bar.update(task, completed=i, total=n), force=force)
     failed = [r for r in rows if r["error"]]
     if json_out:
         out.print_json(json.dumps(rows))
@@ -1188,6 +1198,7 @@ def batch_cmd(job: str = typer.Argument(..., help="mask, deid, biometry-head, ao
               overlays: bool = typer.Option(True, help="biometry-head, aop, detect: write overlay PNGs."),
               shift_dates: bool = typer.Option(False, "--shift-dates", help="deid: shift each patient's dates by one keyed number of days (intervals kept) instead of removing them."),
               keep: Optional[List[str]] = typer.Option(None, "--keep", help="deid: keep this attribute as it is (keyword or tag; repeatable); the report names it."),
+              force: bool = typer.Option(False, "--force", help="biometry-head, aop: measure inputs the domain check refuses too (plane_ok false)."),
               audit: bool = typer.Option(False, "--audit", help="mask, deid: audit every output (fetalkit audit) into <name>.audit.json; an output that leaks is not published and its input fails."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; errors only.")):
     """Run one job over a whole archive, resumable: rerun the same command to skip what is done and retry what failed."""
@@ -1200,11 +1211,14 @@ def batch_cmd(job: str = typer.Argument(..., help="mask, deid, biometry-head, ao
         fail(f"--shift-dates and --keep are options of the deid job, not of {job}")
     if audit and job not in ("mask", "deid"):
         fail(f"--audit audits the outputs of mask and deid, not of {job}")
+    if force and job not in ("biometry-head", "aop"):
+        fail(f"--force measures refused inputs of biometry-head and aop, not of {job}")
     if keep:
         from fetalkit.deid import keep_tags
         keep_tags(keep)  # an unknown name is refused before the archive is read
     options = BatchOptions(model=model, pixel_mm=pixel_mm, pixel_csv=str(pixel_csv) if pixel_csv else None,
-                           overlays=overlays, shift_dates=shift_dates, keep=tuple(keep or ()), audit=audit)
+                           overlays=overlays, shift_dates=shift_dates, keep=tuple(keep or ()), audit=audit,
+                           force=force)
 
     class FilesPerSecond(ProgressColumn):
         def render(self, task) -> Text:

@@ -55,12 +55,14 @@ def run_mask_demo(out_dir: Path, seed: int = 0) -> dict:
     from fetalkit.io.video import open_source
     from fetalkit.masking.pipeline import MaskConfig, Masker, run_stream
     from fetalkit.runtime.detector import OnnxDetector
+    from fetalkit.runtime.domain import DomainCheck
     from fetalkit.runtime.registry import resolve_model
     clip = out_dir / "masking" / "phantom_clip.avi"
     truth = phantom_clip(clip, seed=seed)
     masked, log = out_dir / "masking" / "phantom_clip_masked.avi", out_dir / "masking" / "frames.jsonl"
     det = OnnxDetector(resolve_model(None, "detector"), threads=1)  # as fetalkit mask
-    report = run_stream(open_source(str(clip)), masked, Masker(det, MaskConfig(classes=["fetal_head"])), log)
+    masker = Masker(det, MaskConfig(classes=["fetal_head"]), domain=DomainCheck.of(det))  # as fetalkit mask
+    report = run_stream(open_source(str(clip)), masked, masker, log)
     records = [json.loads(line) for line in log.read_text().splitlines()]
     fn = fm = 0
     for rec, box in zip(records, truth["boxes"]):

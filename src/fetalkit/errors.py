@@ -26,6 +26,17 @@ class MeasurementError(FetalkitError):
     """A measurement could not be made on an otherwise valid input (e.g. no head found)."""
 
 
+class OutOfDomainError(MeasurementError):
+    """An input is not what the model was made for, so nothing is measured on it.
+
+    ``fields`` are the row's columns that stand anyway (``plane_score``, ``plane_ok``).
+    """
+
+    def __init__(self, message: str, fields: dict):
+        super().__init__(message)
+        self.fields = dict(fields)
+
+
 class RequestError(FetalkitError):
     """A web request cannot be served as sent (too large, a missing field, an unknown job, a wrong token).
 

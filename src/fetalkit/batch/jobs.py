@@ -37,12 +37,13 @@ class BatchOptions:
     shift_dates: bool = False          # deid: shift each patient's dates (keyed by uid_key) instead of removing them
     keep: tuple[str, ...] = ()         # deid: attributes kept as they are (keywords or tags)
     audit: bool = False                # mask, deid: audit every output; one that leaks is not published
+    force: bool = False                # biometry-head, aop: measure inputs outside the model's domain too
 
     def fingerprint(self) -> dict:
         """The options that decide the outputs (a resumed run must repeat them)."""
         d = asdict(self)
         d.pop("threads"), d.pop("uid_key")
-        for name in ("shift_dates", "keep", "audit"):  # absent when unused: batches recorded before them still resume
+        for name in ("shift_dates", "keep", "audit", "force"):  # absent when unused: batches recorded before them still resume
             if not d[name]:
                 d.pop(name)
         if "keep" in d:
@@ -82,11 +83,13 @@ def _build_mask(options: BatchOptions) -> FileRun:
     from fetalkit.masking.pipeline import MaskConfig, Masker, run_stream
     from fetalkit.runtime.detector import OnnxDetector
     from fetalkit.runtime.registry import resolve_model
+    from fetalkit.runtime.domain import DomainCheck
     detector = OnnxDetector(resolve_model(options.model, "detector"), threads=options.threads)
+    domain = DomainCheck.of(detector)  # as fetalkit mask: frames outside the domain pass unmasked
 
     def run(src: Path, stage: Path, name: str) -> dict:
         source = open_source(str(src))
-        masker = Masker(detector, MaskConfig())  # a new hold state for every clip
+        masker = Masker(detector, MaskConfig(), domain=domain)  # a new hold state for every clip
         log = stage / (name + ".masklog.jsonl")
         output = stage / same_form_name(name, source.kind)
         report = run_stream(source, output, masker, log)
@@ -94,7 +97,8 @@ def _build_mask(options: BatchOptions) -> FileRun:
             raise InputError(f"{printable(src)}: stopped at frame {report.failed_frame} ({report.error}); "
                              "nothing written")
         masked = sum(bool(json.loads(line)["masks"]) for line in log.read_text().splitlines())
-        row = {"frames": report.frames, "frames_masked": masked, "fps": f"{report.fps:.1f}"}
+        row = {"frames": report.frames, "frames_masked": masked, "fps": f"{report.fps:.1f}",
+               "frames_outside_domain": masker.outside_frames}
         if options.audit:
             from fetalkit.audit.mask import audit_mask
             row.update(_audited(src, stage, name, audit_mask(src, output, detector=detector)))
@@ -157,23 +161,22 @@ def _pixel_mm_for(src: Path, options: BatchOptions, table: Optional[dict], from_
 
 
 def _build_head(options: BatchOptions) -> FileRun:
-    from fetalkit.biometry.head import HeadBiometry
-    from fetalkit.biometry.head_job import head_row
+    from fetalkit.biometry.head_job import HeadMeasurer
     from fetalkit.biometry.overlay import draw_head_overlay
     from fetalkit.datasets.hc18 import read_pixel_csv
+    from fetalkit.io.images import check_image_content
     if options.pixel_mm is not None and not (options.pixel_mm > 0 and math.isfinite(options.pixel_mm)):
         raise InputError(f"--pixel-mm must be a positive number of mm, got {options.pixel_mm}")
     table = read_pixel_csv(Path(options.pixel_csv)) if options.pixel_csv else None
-    biometry = HeadBiometry(options.model, threads=options.threads)
+    measurer = HeadMeasurer(options.model, threads=options.threads)
 
     def run(src: Path, stage: Path, name: str) -> dict:
-        from fetalkit.io.images import check_image_content
         image, file_mm = read_still(src)
         check_image_content(src, image)
-        m, _ = biometry.measure(image, _pixel_mm_for(src, options, table, file_mm))
+        row, m = measurer.measure(src, image, _pixel_mm_for(src, options, table, file_mm), options.force)
         if options.overlays:
             write_image(stage / (name + ".overlay.png"), draw_head_overlay(image, m))
-        return head_row(m)
+        return row
     return run
 
 
@@ -181,20 +184,21 @@ def _build_head(options: BatchOptions) -> FileRun:
 
 
 def _build_aop(options: BatchOptions) -> FileRun:
-    from fetalkit.biometry.aop import angle_of_progression
-    from fetalkit.biometry.labour import LabourBiometry, aop_row, draw_aop_overlay
+    from fetalkit.biometry.labour import AopMeasurer, draw_aop_overlay
+    from fetalkit.errors import MeasurementError
     from fetalkit.io.images import check_image_content
-    labour = LabourBiometry(options.model, threads=options.threads)
+    measurer = AopMeasurer(options.model, threads=options.threads)
 
     def run(src: Path, stage: Path, name: str) -> dict:
         image, _ = read_still(src)
         check_image_content(src, image)
-        labels = labour.segment(image)
-        aop = angle_of_progression(labels, caudal_end=labour.caudal_end, opening=labour.opening)
+        row, labels, aop, error = measurer.measure(src, image, force=options.force)
+        if error:
+            raise MeasurementError(error)
         write_image(stage / (name + ".labels.png"), labels)
         if options.overlays:
             write_image(stage / (name + ".overlay.png"), draw_aop_overlay(image, labels, aop))
-        return aop_row(aop)
+        return row
     return run
 
 
@@ -223,15 +227,15 @@ def _build_detect(options: BatchOptions) -> FileRun:
 
 
 _HEAD_COLUMNS = ("hc_mm", "bpd_mm", "ofd_mm", "hc_px", "bpd_px", "ofd_px", "pixel_mm", "units", "center_x_px",
-                 "center_y_px", "semi_axis_a_px", "semi_axis_b_px", "angle_deg")
+                 "center_y_px", "semi_axis_a_px", "semi_axis_b_px", "angle_deg", "plane_score", "plane_ok")
 _AOP_COLUMNS = ("aop_deg", "ps_caudal_x_px", "ps_caudal_y_px", "ps_cranial_x_px", "ps_cranial_y_px",
-                "tangent_x_px", "tangent_y_px")
+                "tangent_x_px", "tangent_y_px", "plane_score", "plane_ok")
 _ALL = frozenset({"image", "video", "dicom"})
 _STILLS = frozenset({"image", "dicom"})
 
 JOBS: dict[str, BatchJob] = {j.name: j for j in (
     BatchJob("mask", "hide regions of interest in every frame (as fetalkit mask, default rule)", _ALL,
-             ("frames", "frames_masked", "fps", "audit"), _build_mask),
+             ("frames", "frames_masked", "fps", "frames_outside_domain", "audit"), _build_mask),
     BatchJob("deid", "de-identify DICOM (PS3.15 basic profile, one UID key per batch), videos and images, "
              "burned-in text removed", _ALL,
              ("kind", "attributes_removed", "attributes_emptied", "uids_remapped", "burned_in_px_removed", "audit"),

@@ -97,6 +97,8 @@ def process_one(job_name: str, options: BatchOptions, src: str, rel: str, out_di
         entry.outputs = _move_into_place(stage, out_path, Path(rel).parent, src_path, _archive_root(src, rel))
         entry.status = "done"
     except FetalkitError as e:
+        if getattr(e, "fields", None):  # what stands of a refused input (its domain score)
+            entry.result = dict(e.fields)
         message = printable(str(e).replace("\n", " "))
         entry.error = message if printable(src_path.name) in message else f"{printable(src_path)}: {message}"
     except OSError as e:

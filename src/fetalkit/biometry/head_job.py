@@ -14,10 +14,12 @@ from fetalkit.errors import InputError
 from fetalkit.io.images import check_image_content, read_still
 from fetalkit.io.inputs import printable
 from fetalkit.io.jobs import plan_job, write_csv_rows
+from fetalkit.runtime.domain import DomainCheck
 from fetalkit.types import HeadMeasurement
 
 COLUMNS = ["filename", "hc_mm", "bpd_mm", "ofd_mm", "center_x_px", "center_y_px", "semi_axis_a_px",
-           "semi_axis_b_px", "angle_deg", "hc_px", "bpd_px", "ofd_px", "pixel_mm", "units", "error"]
+           "semi_axis_b_px", "angle_deg", "hc_px", "bpd_px", "ofd_px", "pixel_mm", "units", "plane_score", "plane_ok",
+           "error"]
 
 
 def pixel_size_for(path: Path, pixel_mm: Optional[float], table: Optional[dict],
@@ -53,13 +55,35 @@ def head_row(m: HeadMeasurement) -> dict:
     return row
 
 
+class HeadMeasurer:
+    """One image -> its measurements.csv columns: the domain check, then the segmentation and the
+    ellipse.  The one per-image path of ``fetalkit biometry head``, ``fetalkit batch biometry-head``
+    and the web page.
+
+    An image outside the model's domain (not a fetal head plane, by the view classifier,
+    :mod:`fetalkit.runtime.domain`) raises :class:`OutOfDomainError` naming the file, the
+    score and ``--force``; with ``force`` it is measured and its ``plane_ok`` stays false.
+    """
+
+    def __init__(self, model=None, threads: int = 2):
+        self.biometry = HeadBiometry(model, threads=threads)
+        self.domain = DomainCheck.for_card(self.biometry.model.card, threads=1)
+
+    def measure(self, path: Path, image, pixel_mm: Optional[float], force: bool = False
+                ) -> tuple[dict, HeadMeasurement]:
+        fields = {} if self.domain is None else self.domain.require(path, image, "not a fetal head plane", "HC", force)
+        m, _ = self.biometry.measure(image, pixel_mm)
+        return {**head_row(m), **fields}, m
+
+
 def measure_files(inputs: list[str | Path], out_dir: Path, pixel_mm: Optional[float] = None,
                   pixel_csv: Optional[Path] = None, model=None, overlays: bool = True, threads: int = 2,
-                  progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
+                  progress: Optional[Callable[[int, int], None]] = None, force: bool = False) -> list[dict]:
     """Measure every input; returns one row per input (``error`` filled on failure).
 
     ``measurements.csv`` and the overlays are written atomically; overlays are
-    encoded on a background thread while the next image is measured.
+    encoded on a background thread while the next image is measured.  ``model`` may
+    be a :class:`HeadMeasurer` (the page keeps one loaded).
     """
     if pixel_mm is not None and pixel_csv is not None:
         raise InputError("give either --pixel-mm or --pixel-csv, not both")
@@ -68,14 +92,14 @@ def measure_files(inputs: list[str | Path], out_dir: Path, pixel_mm: Optional[fl
         raise InputError(f"--pixel-mm must be a positive number of mm, got {pixel_mm}")
     job = plan_job(inputs, out_dir, lambda stem: [f"{stem}_overlay.png"] if overlays else [],
                    summary=["measurements.csv"])
-    biometry = HeadBiometry(model, threads=threads)
+    measurer = model if isinstance(model, HeadMeasurer) else HeadMeasurer(model, threads=threads)
 
     def measure(path: Path, row: dict, write) -> None:
         image, file_pixel_mm = read_still(path)
         check_image_content(path, image)
         px = pixel_size_for(path, pixel_mm, table, file_pixel_mm)
-        m, _ = biometry.measure(image, px)
-        row.update(head_row(m))
+        fields, m = measurer.measure(path, image, px, force)
+        row.update(fields)
         if overlays:
             write(out_dir / f"{job.stems[path]}_overlay.png", lambda: draw_head_overlay(image, m))
 

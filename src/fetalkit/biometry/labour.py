@@ -14,6 +14,7 @@ from fetalkit.errors import FetalkitError
 from fetalkit.io.images import check_image_content, read_gray
 from fetalkit.io.inputs import printable
 from fetalkit.io.jobs import plan_job, write_csv_rows
+from fetalkit.runtime.domain import DomainCheck
 
 PS_COLOUR = (60, 200, 255)   # BGR: amber
 FH_COLOUR = (255, 160, 60)   # BGR: blue
@@ -71,7 +72,7 @@ def draw_aop_overlay(image: np.ndarray, labels: np.ndarray, aop: Optional[AngleO
 
 
 AOP_COLUMNS = ["filename", "aop_deg", "ps_caudal_x_px", "ps_caudal_y_px", "ps_cranial_x_px", "ps_cranial_y_px",
-               "tangent_x_px", "tangent_y_px", "error"]
+               "tangent_x_px", "tangent_y_px", "plane_score", "plane_ok", "error"]
 
 
 def aop_row(aop: AngleOfProgression) -> dict:
@@ -82,9 +83,36 @@ def aop_row(aop: AngleOfProgression) -> dict:
                 tangent_x_px=f"{aop.tangent_xy[0]:.2f}", tangent_y_px=f"{aop.tangent_xy[1]:.2f}")
 
 
+class AopMeasurer:
+    """One image -> its measurements.csv columns, label map and angle: the domain check, the
+    segmentation, the angle.  The one per-image path of ``fetalkit biometry aop``, ``fetalkit
+    batch aop`` and the web page.
+
+    An image that is not an intrapartum transperineal scan (by the view classifier,
+    :mod:`fetalkit.runtime.domain`) raises :class:`OutOfDomainError` naming the file, the
+    score and ``--force``; with ``force`` it is measured and its ``plane_ok`` stays false.
+    """
+
+    def __init__(self, model=None, threads: int = 2):
+        self.labour = LabourBiometry(model, threads=threads)
+        self.domain = DomainCheck.for_card(self.labour.model.card, threads=1)
+
+    def measure(self, path: Path, image: np.ndarray, caudal_end: str = "right", opening: str = "counterclockwise",
+                force: bool = False) -> tuple[dict, np.ndarray, Optional[AngleOfProgression], Optional[str]]:
+        """(columns, label map, angle or None, why there is no angle or None)."""
+        fields = {} if self.domain is None else self.domain.require(
+            path, image, "not an intrapartum transperineal scan", "AoP", force)
+        labels = self.labour.segment(image)
+        try:
+            aop = angle_of_progression(labels, caudal_end=caudal_end, opening=opening)
+        except FetalkitError as err:
+            return fields, labels, None, f"{printable(path)}: {printable(err)}"
+        return {**aop_row(aop), **fields}, labels, aop, None
+
+
 def measure_aop_files(inputs: list, out_dir: Path, model=None, threads: int = 2, overlays: bool = True,
                       caudal_end: str = "right", opening: str = "counterclockwise",
-                      progress: Optional[Callable[[int, int], None]] = None) -> list[dict]:
+                      progress: Optional[Callable[[int, int], None]] = None, force: bool = False) -> list[dict]:
     """``fetalkit biometry aop``: label maps in ``masks/``, overlays, one csv row per input (errors included).
 
     The label map is written even when the angle cannot be measured, so a user can
@@ -92,20 +120,17 @@ def measure_aop_files(inputs: list, out_dir: Path, model=None, threads: int = 2,
     """
     job = plan_job(inputs, out_dir, lambda stem: [f"masks/{stem}.png"] + ([f"{stem}_overlay.png"] if overlays else []),
                    summary=["measurements.csv"])
-    lb = LabourBiometry(model, threads=threads, caudal_end=caudal_end, opening=opening)
+    measurer = model if isinstance(model, AopMeasurer) else AopMeasurer(model, threads)
     stems = job.stems
 
     def measure(path: Path, row: dict, write) -> None:
         image = read_gray(path)
         check_image_content(path, image)
-        labels = lb.segment(image)
+        fields, labels, aop, error = measurer.measure(path, image, caudal_end, opening, force)
+        row.update(fields)
+        if error:
+            row["error"] = error
         write(out_dir / "masks" / f"{stems[path]}.png", lambda: labels)
-        aop = None
-        try:
-            aop = angle_of_progression(labels, caudal_end=caudal_end, opening=opening)
-            row.update(aop_row(aop))
-        except FetalkitError as err:
-            row["error"] = f"{printable(path)}: {printable(err)}"
         if overlays:
             write(out_dir / f"{stems[path]}_overlay.png", lambda: draw_aop_overlay(image, labels, aop))
 

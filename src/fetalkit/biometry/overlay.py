@@ -38,3 +38,26 @@ def draw_head_overlay(image: np.ndarray, m: HeadMeasurement) -> np.ndarray:
         cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
     return canvas
+
+
+def draw_refusal(image: np.ndarray, reason: str) -> np.ndarray:
+    """BGR picture of an image that was not measured: dimmed, crossed, with the reason on it."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+    canvas = (canvas.astype(np.uint16) * 3 // 5).astype(np.uint8)
+    h, w = canvas.shape[:2]
+    red = (60, 60, 255)
+    cv2.line(canvas, (0, 0), (w - 1, h - 1), red, max(1, w // 300), cv2.LINE_AA)
+    cv2.line(canvas, (w - 1, 0), (0, h - 1), red, max(1, w // 300), cv2.LINE_AA)
+    scale = max(0.45, w / 1100)
+    words, lines = reason.split(), [""]
+    for word in words:  # wrap to the width of the image
+        trial = (lines[-1] + " " + word).strip()
+        if lines[-1] and cv2.getTextSize(trial, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > w - 20:
+            lines.append(word)
+        else:
+            lines[-1] = trial
+    for k, text in enumerate(lines):
+        org = (10, int(26 * scale * (k + 1)) + 4)
+        cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(canvas, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, red, 1, cv2.LINE_AA)
+    return canvas

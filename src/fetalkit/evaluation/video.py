@@ -235,14 +235,20 @@ def plot_tradeoff(rows: list[dict], png_path) -> None:
 
 
 def detect_sequences(seqs: list[Sequence], detector, category: str, conf: float | None = None,
-                     roi=None, progress=None) -> list[list[ImageDetections]]:
+                     roi=None, progress=None, domain=None) -> list[list[ImageDetections]]:
     """Detections of ``category`` in every frame, through the detection step of
-    ``fetalkit mask`` (``--roi`` included), its region state fresh for each sequence."""
+    ``fetalkit mask`` (``--roi`` included), its region state fresh for each sequence.
+    With a ``domain`` check (:mod:`fetalkit.runtime.domain`), frames it puts outside the
+    detector's domain get no detection, as ``fetalkit mask`` passes them."""
     from fetalkit.masking.pipeline import MaskConfig, Masker
     dets, done = [], 0
     for s in seqs:
-        masker = Masker(detector, MaskConfig(classes=[category], conf=conf, roi=roi))
-        dets.append([masker.detect(masker.prepare(f)) for f in s.frames])
+        masker = Masker(detector, MaskConfig(classes=[category], conf=conf, roi=roi), domain=domain)
+        found = []
+        for f in s.frames:
+            pre = masker.prepare(f)
+            found.append(ImageDetections.empty() if masker.outside_domain(pre) else masker.detect(pre))
+        dets.append(found)
         done += len(s.frames)
         if progress:
             progress(done)

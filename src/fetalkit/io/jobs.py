@@ -143,6 +143,7 @@ def process_files(paths: list[Path], columns: list[str], measure: Callable[[Path
                 try:
                     measure(path, row, write)
                 except FetalkitError as err:
+                    row.update(getattr(err, "fields", {}))  # what stands of a refused input (its domain score)
                     row["error"] = _naming(path, printable(err).replace("\n", " "))
                 except OSError as err:
                     row["error"] = printable(os_error(path, err))

@@ -29,6 +29,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -71,6 +72,16 @@ class MaskConfig:
     # Where the detector looks (fetalkit.detection.region): "auto" (the imaged area, grown
     # over the video), "full" or a fixed (x, y, w, h); README, Privacy masking: wide screens.
     roi: RoiOption = "auto"
+    # Frames the domain check puts outside the detector's domain (fetalkit.runtime.domain):
+    # "pass" leaves them to the viewer unmasked (the log and the summary say so: the model
+    # cannot tell what to hide there, and masking a heart as a head helps no one); "mask"
+    # uses the detector's boxes anyway.  Every frame is checked (on the reader thread): a
+    # check every few frames would leave the first frames after a cut into the domain
+    # unmasked.  A frame counts as outside only when it scores outside and so did most of
+    # the last ``domain_window`` frames: the domain is entered at once and left only when
+    # the scan has left it, so a blurred or dark frame inside a scan is still masked.
+    outside_domain: str = "pass"
+    domain_window: int = 15
 
 
 @dataclass
@@ -89,6 +100,7 @@ class PreparedFrame:
     gray: np.ndarray
     model_input: object = None   # the detector's ModelInput, when it makes one
     roi: Optional[Region] = None   # (x1, y1, x2, y2) detected in; None: the whole frame
+    domain_score: Optional[float] = None  # the domain check's score, when the masker has one
 
 
 @dataclass
@@ -98,15 +110,20 @@ class Masker:
     detector: object
     cfg: MaskConfig
     sector_mask: Optional[np.ndarray] = None
+    domain: Optional[object] = None   # a fetalkit.runtime.domain.DomainCheck, or None: every frame in domain
     rule: HoldRule = field(init=False)
     keep: np.ndarray = field(init=False)
     imaged: Optional[Region] = field(init=False, default=None)  # the imaged area so far (auto)
+    outside_frames: int = field(init=False, default=0)   # frames found outside the domain
+    recent_outside: deque = field(init=False, default_factory=deque)  # the last frames' own verdicts
 
     def __post_init__(self):
+        if self.cfg.outside_domain not in ("pass", "mask"):
+            raise InputError(f"--outside-domain must be pass or mask, got {self.cfg.outside_domain!r}")
         self.rule = HoldRule(self.cfg.rule, self.cfg.hold_frames, self.cfg.ssim_threshold, self.cfg.max_hold_frames,
                              ssim_imaged_only=self.cfg.ssim_imaged_only, ssim_gain=self.cfg.ssim_gain)
         names = self.detector.classes
-        wanted = self.cfg.classes or names
+        wanted = names if self.cfg.classes is None else self.cfg.classes  # []: hide nothing
         unknown = [c for c in wanted if c not in names]
         if unknown:
             raise InputError(f"--classes {', '.join(unknown)}: not classes of the model ({', '.join(names)})")
@@ -132,14 +149,19 @@ class Masker:
         return detection_region(gray, self.cfg.roi, self.imaged, _input_side(self.detector))
 
     def prepare(self, frame: np.ndarray) -> PreparedFrame:
-        """Gray conversion, the region to detect in and the detector's letterbox (the reader thread runs it)."""
+        """Gray conversion, the region to detect in, the detector's letterbox and the domain score
+        (the reader thread runs it)."""
         gray = to_gray(frame)
         make = getattr(self.detector, "model_input", None)
         roi = self.roi_box(gray)
         try:
-            return PreparedFrame(gray, make(crop(gray, roi)) if make else None, roi)
+            score = float(self.domain.scores([gray])[0]) if self.domain is not None else None
+        except Exception:  # a fault here is the classifier's: step() meets it again and blanks the frame
+            score = None
+        try:
+            return PreparedFrame(gray, make(crop(gray, roi)) if make else None, roi, score)
         except Exception:  # a fault here is the detector's: step() meets it again and blanks the frame
-            return PreparedFrame(gray, None, roi)
+            return PreparedFrame(gray, None, roi, score)
 
     def detect(self, pre: PreparedFrame) -> ImageDetections:
         """The wanted classes' detections, in frame pixels."""
@@ -155,7 +177,12 @@ class Masker:
         t0 = time.perf_counter()
         pre = pre or self.prepare(frame)
         try:
-            dets = self.detect(pre)
+            outside = self.outside_domain(pre)
+            if outside and self.cfg.outside_domain == "pass":
+                dets = ImageDetections.empty()
+                self.rule.reset()
+            else:
+                dets = self.detect(pre)
             error = None
         except Exception as e:  # any inference fault -> the fail-safe frame, never an unmasked one
             dets, error = None, f"{type(e).__name__}: {e}"
@@ -185,10 +212,38 @@ class Masker:
         roi = region_xywh(pre.roi, pre.gray.shape)
         if roi is not None:
             record["roi"] = roi
+        if pre.domain_score is not None:
+            record["domain"] = round(pre.domain_score, 3)
+            if outside:
+                record["outside_domain"] = True
         if step.ssim:
             record["ssim"] = {names[k]: round(v, 4) for k, v in step.ssim.items()}
         result = FrameResult(index, frame, record, boxes, rendered=False)
         return self.render(result) if render else result
+
+    def outside_domain(self, pre: PreparedFrame) -> bool:
+        """Whether this frame lies outside the detector's domain: it scores outside, and so did most of
+        the last ``domain_window`` frames (counted; call it once per frame, in order)."""
+        if self.domain is None:
+            return False
+        if pre.domain_score is None:  # prepared without the check, or the check failed there: once more here
+            pre.domain_score = float(self.domain.scores([pre.gray])[0])
+        below = pre.domain_score < self.domain.threshold
+        self.recent_outside.append(below)
+        while len(self.recent_outside) > max(1, self.cfg.domain_window):
+            self.recent_outside.popleft()
+        outside = below and 2 * sum(self.recent_outside) > len(self.recent_outside)
+        self.outside_frames += int(outside)
+        return outside
+
+    def domain_warning(self, frames: int) -> Optional[str]:
+        """A line for the user when most frames lay outside the detector's domain, else None."""
+        if self.domain is None or not frames or self.outside_frames * 2 <= frames:
+            return None
+        what = ("left unmasked" if self.cfg.outside_domain == "pass" else "masked anyway, with boxes the model "
+                "was not made for")
+        return (f"{self.outside_frames} of {frames} frames are outside the detector's domain (it was made for "
+                f"{self.domain.made_for}); they were {what}")
 
     def lost_frame(self, index: int, shape: tuple, reason: Optional[str] = None) -> FrameResult:
         """The frame written where the input's frame could not be decoded: black, never guessed.

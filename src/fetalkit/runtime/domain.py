@@ -32,7 +32,8 @@ from typing import Optional
 
 import numpy as np
 
-from fetalkit.errors import ModelError
+from fetalkit.errors import ModelError, OutOfDomainError
+from fetalkit.io.inputs import printable
 
 DEFAULT_CLASSIFIER = "view-mnv2-int8"
 
@@ -113,6 +114,22 @@ class DomainCheck:
         grey or BGR frames."""
         probs = self.view.probabilities([_gray(im) for im in images])
         return domain_score(probs, self.columns)
+
+    def require(self, path, image: np.ndarray, refusal: str, measure: str, force: bool = False) -> dict:
+        """The ``plane_score`` / ``plane_ok`` columns of one image to be measured.
+
+        Outside the domain (and without ``force``) raises :class:`OutOfDomainError` naming
+        the file, the score, what the image looks like and the way out, e.g. "scan.png: not a
+        fetal head plane (score 0.04, ...): HC not measured; --force measures anyway".
+        """
+        verdict = self.judge(image)
+        fields = verdict.as_fields()
+        if not verdict.ok and not force:
+            raise OutOfDomainError(
+                f"{printable(path)}: {refusal} (score {verdict.score:.2f}, threshold {verdict.threshold:.2f}; it "
+                f"looks like {verdict.anatomy.replace('_', ' ')}): {measure} not measured; --force measures anyway",
+                fields)
+        return fields
 
     def judge(self, image: np.ndarray) -> DomainVerdict:
         probs = self.view.probabilities([_gray(image)])[0]

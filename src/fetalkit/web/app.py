@@ -228,7 +228,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         upload, work = await state.receive(request)
         try:
             pixel_mm = services.parse_pixel_mm(upload.fields.get("pixel_mm"))
-            return measured(await state.quick(services.measure_head, state.models, upload, work, pixel_mm))
+            return measured(await state.quick(services.measure_head, state.models, upload, work, pixel_mm,
+                                              upload.fields.get("force") == "true"))
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -238,7 +239,8 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
         try:
             return measured(await state.quick(services.measure_aop, state.models, upload, work,
                                               upload.fields.get("caudal_end") or "right",
-                                              upload.fields.get("opening") or "counterclockwise"))
+                                              upload.fields.get("opening") or "counterclockwise",
+                                              upload.fields.get("force") == "true"))
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -302,7 +304,7 @@ def create_app(settings: WebSettings | None = None) -> FastAPI:
             start = _start_message(message.get("text"))
             detector = await state.quick(state.models.detector)
             cfg = services.mask_config(start.get("classes"), start.get("style"), detector.classes)
-            session = LiveMasker(detector, cfg)
+            session = LiveMasker(detector, cfg, await state.quick(state.models.detector_domain))
             if start.get("source") == "file":
                 await _play_file(ws, state, session, str(start.get("upload")))
             elif start.get("source") == "camera":

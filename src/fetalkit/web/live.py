@@ -47,8 +47,8 @@ def hold_state(record: dict) -> str:
 class LiveMasker:
     """One live stream's masker (its own hold-rule state) over the shared detector."""
 
-    def __init__(self, detector, cfg: MaskConfig):
-        self.masker = Masker(detector, cfg)
+    def __init__(self, detector, cfg: MaskConfig, domain=None):
+        self.masker = Masker(detector, cfg, domain=domain)
         self.index = 0
         self.times: deque[float] = deque(maxlen=FPS_WINDOW)
 
@@ -67,7 +67,7 @@ class LiveMasker:
         record = result.record
         status = {"frame": self.index, "fps": round(self.fps(), 1), "hold": hold_state(record),
                   "masks": len(record["masks"]), "held": len(record["held"]),
-                  "fail_safe": bool(record.get("fail_safe"))}
+                  "fail_safe": bool(record.get("fail_safe")), "outside_domain": bool(record.get("outside_domain"))}
         self.index += 1
         return status, jpeg.tobytes()
 

@@ -54,17 +54,23 @@ class Models:
             return self._loaded[key]
 
     def head(self):
-        from fetalkit.runtime.registry import load_model
-        return self._get("head-seg", lambda: load_model(None, "head-seg", threads=2))   # as biometry head
+        from fetalkit.biometry.head_job import HeadMeasurer
+        return self._get("head-seg", lambda: HeadMeasurer(None, threads=2))   # as biometry head
 
     def psfhs(self):
-        from fetalkit.runtime.registry import load_model
-        return self._get("psfhs-seg", lambda: load_model(None, "psfhs-seg", threads=2))  # as biometry aop
+        from fetalkit.biometry.labour import AopMeasurer
+        return self._get("psfhs-seg", lambda: AopMeasurer(None, threads=2))  # as biometry aop
 
     def detector(self):
         from fetalkit.runtime.detector import OnnxDetector
         from fetalkit.runtime.registry import resolve_model
         return self._get("detector", lambda: OnnxDetector(resolve_model(None, "detector"), threads=1))  # as mask
+
+    def detector_domain(self):
+        """The detector's domain check (as ``fetalkit mask``), or None."""
+        from fetalkit.runtime.domain import DomainCheck
+        detector = self.detector()  # outside the lock: _get holds it while loading
+        return self._get("detector-domain", lambda: DomainCheck.of(detector))
 
 
 def png_data_url(image: np.ndarray) -> str:
@@ -157,24 +163,37 @@ def _overlay(out_dir: Path) -> Optional[str]:
     return png_data_url(cv2.imread(str(found[0]), cv2.IMREAD_COLOR)) if found else None
 
 
-def measure_head(models: Models, upload: Upload, work_dir: Path, pixel_mm: Optional[float]) -> dict:
+def _refused_overlay(row: dict, image: np.ndarray) -> Optional[str]:
+    """The image marked as not measured, with the reason, when the domain check refused it."""
+    if row.get("plane_ok") == "false" and row.get("error"):
+        from fetalkit.biometry.overlay import draw_refusal
+        return png_data_url(draw_refusal(image, row["error"].split(": ", 1)[-1].replace("--force", "'measure anyway'")))
+    return None
+
+
+def measure_head(models: Models, upload: Upload, work_dir: Path, pixel_mm: Optional[float],
+                 force: bool = False) -> dict:
     """HC / BPD / OFD of one image or single-frame DICOM, as ``fetalkit biometry head`` measures it.
 
     The pixel size is the typed one, else the DICOM's, else none (lengths in pixels).
+    An image the domain check refuses comes back marked, with the reason; ``force``
+    (the page's "measure anyway") measures it.
     """
     from fetalkit.biometry.head_job import COLUMNS, measure_files
-    path, _, file_pixel_mm = _measurable(upload, work_dir)
+    path, image, file_pixel_mm = _measurable(upload, work_dir)
     if pixel_mm is None:
         file_pixel_mm = check_file_pixel_mm(upload, file_pixel_mm)
     px = pixel_mm if pixel_mm is not None else file_pixel_mm
     source = "typed" if pixel_mm is not None else ("dicom" if file_pixel_mm is not None else None)
-    rows = measure_files([path], work_dir / "out", pixel_mm=px, model=models.head())
+    rows = measure_files([path], work_dir / "out", pixel_mm=px, model=models.head(), force=force)
     row, csv_text = _table(rows, COLUMNS, upload, work_dir)
     return {"file": upload.name, "task": "head", "pixel_mm_source": source, "row": row, "columns": COLUMNS,
-            "csv": csv_text, "overlay": _overlay(work_dir / "out"), "error": row["error"] or None}
+            "csv": csv_text, "overlay": _overlay(work_dir / "out") or _refused_overlay(row, image),
+            "refused": row.get("plane_ok") == "false" and bool(row["error"]), "error": row["error"] or None}
 
 
-def measure_aop(models: Models, upload: Upload, work_dir: Path, caudal_end: str, opening: str) -> dict:
+def measure_aop(models: Models, upload: Upload, work_dir: Path, caudal_end: str, opening: str,
+                force: bool = False) -> dict:
     """The angle of progression of one transperineal image, as ``fetalkit biometry aop`` measures it
     (the overlay is drawn even when the angle cannot be, to show which structure was missed)."""
     from fetalkit.biometry.labour import AOP_COLUMNS, measure_aop_files
@@ -182,12 +201,13 @@ def measure_aop(models: Models, upload: Upload, work_dir: Path, caudal_end: str,
         raise RequestError(f"caudal end must be one of {', '.join(CAUDAL_ENDS)}, got {caudal_end!r}")
     if opening not in OPENINGS:
         raise RequestError(f"opening must be one of {', '.join(OPENINGS)}, got {opening!r}")
-    path, _, _ = _measurable(upload, work_dir)
+    path, image, _ = _measurable(upload, work_dir)
     rows = measure_aop_files([path], work_dir / "out", model=models.psfhs(), caudal_end=caudal_end,
-                             opening=opening)
+                             opening=opening, force=force)
     row, csv_text = _table(rows, AOP_COLUMNS, upload, work_dir)
     return {"file": upload.name, "task": "aop", "row": row, "columns": AOP_COLUMNS, "csv": csv_text,
-            "overlay": _overlay(work_dir / "out"), "error": row["error"] or None}
+            "overlay": _overlay(work_dir / "out") or _refused_overlay(row, image),
+            "refused": row.get("plane_ok") == "false" and bool(row["error"]), "error": row["error"] or None}
 
 
 # --------------------------------------------------------------------------- masking
@@ -197,7 +217,8 @@ def mask_config(classes: Optional[str], style: Optional[str], detector_classes: 
     """``fetalkit mask``'s defaults with the page's two choices: classes to hide (comma-separated) and style."""
     if not isinstance(classes, (str, type(None))) or not isinstance(style, (str, type(None))):
         raise RequestError("classes and style must be text (classes comma-separated, e.g. \"fetal_head\")")
-    wanted = [c for c in (classes or "").split(",") if c.strip()] or None
+    # no field: every class; a field with no class (none ticked): nothing is hidden, and the result says so
+    wanted = None if classes is None else [c for c in classes.split(",") if c.strip()]
     unknown = [c for c in wanted or [] if c not in detector_classes]
     if unknown:
         raise RequestError(f"classes {', '.join(unknown)}: not classes of the detector ({', '.join(detector_classes)})")
@@ -248,7 +269,7 @@ def mask_job(models: Models, job: Job, upload: Upload, cfg: MaskConfig) -> None:
     does not hold their frames in memory."""
     from fetalkit.masking.pipeline import Masker, run_stream
     source = open_source(str(upload.path))
-    masker = Masker(models.detector(), cfg)
+    masker = Masker(models.detector(), cfg, domain=models.detector_domain())
     output, log = job.work_dir / masked_name(upload, source), job.work_dir / "frames.jsonl"
     job.progress(0, source.count)
     report = run_stream(source, output, masker, log, progress=job.progress)
@@ -265,7 +286,10 @@ def mask_job(models: Models, job: Job, upload: Upload, cfg: MaskConfig) -> None:
                   "frames_fail_safe": sum(bool(r.get("fail_safe")) for r in records),
                   "preview_frame": preview_frame, "preview": preview,
                   "preview_masks": records[preview_frame]["masks"] if preview_frame is not None else [],
-                  "output_name": output.name}
+                  "output_name": output.name,
+                  "frames_outside_domain": masker.outside_frames,
+                  "notes": [n for n in (masker.domain_warning(report.frames),
+                                        "no class chosen: nothing was hidden" if cfg.classes == [] else None) if n]}
     from fetalkit.audit.mask import audit_mask
     job.result["audit"] = verdict(audit_mask(upload.path, output, detector=models.detector()), output.name)
 

@@ -158,7 +158,8 @@ async function maskFile(file) {
   if (!job) return;
   const r = job.result;
   $("mask-summary").textContent = `${job.name}: ${r.frames} frames masked at ${r.fps} frames/s (rule ${r.rule}); ` +
-    `${r.frames_masked} with a mask, ${r.frames_held} held by the rule, ${r.frames_fail_safe} blanked by the fail-safe.`;
+    `${r.frames_masked} with a mask, ${r.frames_held} held by the rule, ${r.frames_fail_safe} blanked by the fail-safe.` +
+    (r.notes && r.notes.length ? ` Note: ${r.notes.join("; ")}.` : "");
   offerDownload("mask-download", job);
   const canvas = $("mask-preview");
   if (r.preview) {
@@ -331,12 +332,18 @@ const csvByTask = { head: { header: "", lines: [] }, aop: { header: "", lines: [
 
 function bioTask() { return document.querySelector("input[name=bio-task]:checked").value; }
 
+function planeText(r) {
+  if (!r.plane_ok) return "";
+  return `${r.plane_ok === "true" ? "yes" : "no (measured anyway)"} (${r.plane_score})`;
+}
+
 function addRow(task, body) {
   const r = body.row;
   const cells = task === "head"
     ? [[r.filename, "filename"], [r.hc_mm || r.hc_px, r.hc_mm ? "hc_mm" : "hc_px"], [r.bpd_mm || r.bpd_px, "bpd"],
-       [r.ofd_mm || r.ofd_px, "ofd"], [r.units, "units"], [r.pixel_mm, "pixel_mm"], [body.pixel_mm_source || "none", "source"]]
-    : [[r.filename, "filename"], [r.aop_deg, "aop_deg"]];
+       [r.ofd_mm || r.ofd_px, "ofd"], [r.units, "units"], [r.pixel_mm, "pixel_mm"], [body.pixel_mm_source || "none", "source"],
+       [planeText(r), "plane"]]
+    : [[r.filename, "filename"], [r.aop_deg, "aop_deg"], [planeText(r), "plane"]];
   const tr = document.createElement("tr");
   for (const [text, col] of cells) {
     const td = document.createElement("td");
@@ -358,6 +365,7 @@ async function measureFiles(files) {
   const task = bioTask();
   const fields = task === "head" ? { pixel_mm: $("bio-pixel-mm").value }
     : { caudal_end: $("bio-caudal-end").value, opening: $("bio-opening").value };
+  if ($("bio-force").checked) fields.force = "true";
   const errors = [];
   for (const file of files) {
     const { status, body } = await upload(`/api/biometry/${task}`, file, fields);
