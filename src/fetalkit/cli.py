@@ -1266,17 +1266,21 @@ def data_boxes_cmd(src: Path = typer.Argument(..., help="PSFHS or HC18 folder (b
                    square: bool = typer.Option(False, help="Make every box a square around its object (box shape then leaks nothing)."),
                    negatives: bool = typer.Option(True, help="PSFHS: add one derived negative per image (see fetalkit.detection.sources)."),
                    both_negatives: bool = typer.Option(False, help="PSFHS: derive both negatives (no symphysis, no head) from every image instead of alternating."),
-                   copy_images: bool = typer.Option(True, help="Copy the images into OUT/images (label files only with --no-copy-images).")):
+                   copy_images: bool = typer.Option(True, help="Copy the images into OUT/images (label files only with --no-copy-images)."),
+                   all_sources: bool = typer.Option(False, "--all-sources", help="SRC is the public sets' folder: PSFHS, HC18 head boxes and the other fetal planes (FeEcho4D, FETAL_PLANES_DB, SonoNet) as negatives, each source split apart.")):
     """Convert detection labels between formats, or derive boxes from segmentation labels."""
     from rich.progress import Progress
     from fetalkit.detection.formats import write_detection_set
-    from fetalkit.detection.sources import source_set
+    from fetalkit.detection.sources import all_sources_set, source_set
     if fmt not in ("coco", "yolo"):
         fail(f"--format must be coco or yolo, got {fmt!r}")
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("reading labels", total=None)
-        ds, pixels = source_set(src, square, negatives, progress=lambda i, n: bar.update(task, completed=i, total=n),
-                                both_negatives=both_negatives)
+        progress = lambda i, n: bar.update(task, completed=i, total=n)  # noqa: E731
+        if all_sources:
+            ds, pixels = all_sources_set(src, square, both_negatives, progress)
+        else:
+            ds, pixels = source_set(src, square, negatives, progress=progress, both_negatives=both_negatives)
         bar.update(task, description="writing")
         write_detection_set(ds, out_dir, fmt, pixels, copy_images)
     counts = ds.counts()

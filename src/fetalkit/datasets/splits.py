@@ -46,13 +46,35 @@ def block_groups(ids: Sequence[int], block_size: int) -> list[int]:
     return [int(i) // block_size for i in ids]
 
 
+SOURCE_SEP = "::"  # a group "psfhs::12" belongs to source "psfhs"; each source is split apart
+
+
+def by_source(groups: Sequence[Hashable]) -> Optional[list[np.ndarray]]:
+    """Item indices per source (the text before ``::`` in a group), or None when there is one source.
+
+    A set joined from several sources (``fetalkit data boxes --all-sources``) is split source
+    by source, so that each source's parts are those it has alone (``psfhs::12`` sorts among
+    ``psfhs::*`` as ``12`` among the PSFHS groups: the PSFHS test part does not move).
+    """
+    keys = [str(g) for g in groups]
+    names = [k.split(SOURCE_SEP, 1)[0] if SOURCE_SEP in k else "" for k in keys]
+    if len(set(names)) < 2:
+        return None
+    return [np.flatnonzero(np.array(names) == n) for n in sorted(set(names))]
+
+
 def train_val_test_split(groups: Sequence[Hashable], val_fraction: float = 0.15, test_fraction: float = 0.15,
                          seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Three-way group split: a held-out test part first, then train / validation from the rest.
 
     The test part depends only on ``seed`` and ``test_fraction``, so changing the
-    validation fraction never moves an item into or out of the test part.
+    validation fraction never moves an item into or out of the test part.  Groups of
+    several sources (``source::group``) are split source by source (:func:`by_source`).
     """
+    sources = by_source(groups)
+    if sources is not None:
+        parts = [train_val_test_split([groups[i] for i in idx], val_fraction, test_fraction, seed) for idx in sources]
+        return tuple(np.sort(np.concatenate([idx[p[j]] for idx, p in zip(sources, parts)])) for j in range(3))
     dev, test = group_split(groups, test_fraction, seed)
     dev_groups = [groups[i] for i in dev]
     tr, va = group_split(dev_groups, val_fraction / (1.0 - test_fraction), seed + 1)
@@ -93,6 +115,10 @@ def group_folds(groups: Sequence[Hashable], k: int, seed: int = 0) -> list[np.nd
     """
     if k < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    sources = by_source(groups)
+    if sources is not None:  # every source dealt into the k folds on its own
+        per = [group_folds([groups[i] for i in idx], k, seed) for idx in sources]
+        return [np.sort(np.concatenate([idx[f[j]] for idx, f in zip(sources, per)])) for j in range(k)]
     keys = np.asarray([str(g) for g in groups])
     unique = np.array(sorted(set(keys.tolist())))
     if len(unique) < k:

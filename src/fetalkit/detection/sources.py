@@ -14,6 +14,13 @@ With ``both_negatives`` every image gives both, which doubles the negatives an F
 is measured on (one false box in 99 negatives is already FPPI 0.0101).
 
 Each derived image keeps the split group of its source, so it never crosses a split.
+
+:func:`all_sources_set` joins every public source for the detector of ``fetalkit mask``:
+PSFHS (symphysis + head, derived negatives), HC18 (head boxes from the ellipses, no
+symphysis) and the fetal images that are neither (FeEcho4D heart frames, the other
+FETAL_PLANES_DB and SonoNet planes) as negatives for both classes. Groups are
+``source::group``, so each source is split apart and PSFHS keeps its own test part
+(:func:`fetalkit.datasets.splits.by_source`).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fetalkit.datasets.psfhs import FH_LABEL, PS_LABEL, list_psfhs, psfhs_groups
+from fetalkit.datasets.splits import SOURCE_SEP
 from fetalkit.detection.boxes import DetSample, DetSet, boxes_from_label_map, square_boxes
 
 PSFHS_CATEGORIES = ["pubic_symphysis", "fetal_head"]
@@ -108,6 +116,67 @@ def hc18_detection_set(root: str | Path, square: bool = False, progress=None) ->
         if progress:
             progress(i + 1, len(items))
     return DetSet(["fetal_head"], samples)
+
+
+NEGATIVE_VIEW_CLASSES = ("fetal_heart", "other_fetal_plane")  # fetal images holding neither class
+
+
+def view_negatives_set(data_root: str | Path, progress=None) -> tuple[DetSet, dict[str, np.ndarray]]:
+    """The public fetal images that are neither head planes nor transperineal scans (FeEcho4D
+    frames, the other FETAL_PLANES_DB and SonoNet planes), as negatives of both classes."""
+    from fetalkit.datasets.views import planes_db_items, read_view_image, sononet_items
+    root = Path(data_root)
+    items = []
+    if (root / "feecho4d").is_dir():
+        from fetalkit.datasets.views import public_view_items
+        items += [it for src in public_view_items(root) for it in src if it.origin == "feecho4d"]
+    if (root / "fetal_planes_db").is_dir():
+        items += planes_db_items(root / "fetal_planes_db")
+    if (root / "sononet_examples").is_dir():
+        items += sononet_items(root / "sononet_examples")
+    items = [it for it in items if it.label in NEGATIVE_VIEW_CLASSES]
+    samples, pixels = [], {}
+    for i, it in enumerate(items):
+        image = read_view_image(it)
+        h, w = image.shape
+        stem = it.source.stem if it.frame is None else f"{it.source.stem}_{it.frame:03d}"
+        name = f"{it.origin}/{stem}.png"
+        pixels[name] = image
+        samples.append(DetSample(name, Path(name), w, h, np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
+                                 it.group, {"view": it.label}))
+        if progress:
+            progress(i + 1, len(items))
+    return DetSet(list(PSFHS_CATEGORIES), samples), pixels
+
+
+def all_sources_set(data_root: str | Path, square: bool = False, both_negatives: bool = False,
+                    progress=None) -> tuple[DetSet, dict[str, np.ndarray]]:
+    """PSFHS + HC18 + the other fetal images as one set (categories pubic_symphysis, fetal_head);
+    file names ``<source>/<name>``, groups ``<source>::<group>``."""
+    root = Path(data_root)
+    parts: list[tuple[str, DetSet, dict]] = []
+    if (root / "psfhs").is_dir():
+        ds, px = psfhs_detection_set(root / "psfhs", True, square, progress, both_negatives)
+        parts.append(("psfhs", ds, px))
+    if (root / "hc18").is_dir():
+        parts.append(("hc18", hc18_detection_set(root / "hc18", square, progress), {}))
+    negatives, px = view_negatives_set(root, progress)
+    if negatives.samples:
+        parts.append(("negatives", negatives, px))
+    if not parts:
+        from fetalkit.errors import DataError
+        raise DataError(f"{root}: none of psfhs/, hc18/, feecho4d/, fetal_planes_db/, sononet_examples/ found")
+    samples, pixels = [], {}
+    for name, ds, px in parts:
+        remap = np.array([PSFHS_CATEGORIES.index(c) for c in ds.categories], np.int64)
+        for smp in ds.samples:
+            file_name = smp.file_name if smp.file_name.startswith(name + "/") else f"{name}/{smp.file_name}"
+            if smp.file_name in px:
+                pixels[file_name] = px[smp.file_name]
+            samples.append(DetSample(file_name, smp.image_path, smp.width, smp.height, smp.boxes_xyxy,
+                                     remap[smp.labels] if len(smp.labels) else smp.labels,
+                                     f"{name}{SOURCE_SEP}{smp.group or smp.file_name}", {**smp.tags, "source": name}))
+    return DetSet(list(PSFHS_CATEGORIES), samples), pixels
 
 
 def source_set(src: str | Path, square: bool = False, negatives: bool = True,
