@@ -203,7 +203,9 @@ def test_split_file_keeps_phantoms(tmp_path):
     from fetalkit.training.view import _frame_field, split_items
     phantom = ViewItem(Path("phantom-3"), "fetal_head", "phantom-3", phantom_seed=3)
     clip = ViewItem(Path("clip.avi"), "fetal_heart", "c0", frame=7)
+    blanked = ViewItem(Path("psfhs/image/03744.png"), "intrapartum_transperineal", "b0", derive="nops")
     (tmp_path / "split.txt").write_text("".join(f"{it.source}#{_frame_field(it)},{it.label},{it.group},train\n"
-                                                for it in (phantom, clip)))
+                                                for it in (phantom, clip, blanked)))
     back = split_items(tmp_path, "train")
     assert back[0].phantom_seed == 3 and back[1].frame == 7 and back[1].phantom_seed is None
+    assert back[2].derive == "nops" and back[2].frame is None

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fetalkit.datasets.views import ViewItem, public_view_items, split_view_items
+from fetalkit.datasets.views import ViewItem, public_view_items, read_view_image, split_view_items
 from fetalkit.errors import DataError
 from fetalkit.runtime.classifier import view_input
 from fetalkit.synth.phantom import head_phantom
@@ -134,7 +134,12 @@ def test_public_sets_give_anatomy_classes_split_by_their_groups():
     by_origin = Counter((it.origin, it.label) for items in sources for it in items)
     assert set(counts) == {"fetal_head", "intrapartum_transperineal", "fetal_heart", "other_fetal_plane",
                            "not_ultrasound"}
-    assert by_origin[("hc18", "fetal_head")] == 852 and by_origin[("psfhs", "intrapartum_transperineal")] == 1168
+    assert by_origin[("hc18", "fetal_head")] == 852
+    scans = [it for items in sources for it in items if it.origin == "psfhs"]
+    assert sum(not it.derive for it in scans) == 1168 and sum(bool(it.derive) for it in scans) == 1168
+    derived = next(it for it in scans if it.derive)
+    image, label = read_view_image(derived), cv2.imread(str(derived.source), cv2.IMREAD_GRAYSCALE)
+    assert image.shape == label.shape and (image == 0).sum() > (label == 0).sum()  # rows blanked, same scan
     assert by_origin[("feecho4d", "fetal_heart")] == 103 and by_origin[("phantom", "fetal_head")] == 60
     if (root / "fetal_planes_db").is_dir():  # the trans-thalamic brains are heads now, the thorax hearts
         assert by_origin[("fetal_planes_db", "fetal_head")] == 11 and by_origin[("fetal_planes_db", "fetal_heart")] == 7
@@ -176,7 +181,7 @@ def test_bundled_view_model_meets_its_target_on_the_held_out_public_images(tmp_p
     from fetalkit.evaluation.view import evaluate_view
     root = need_dataset("hc18").parent
     scores = evaluate_view("view-mnv2", public_view_items(root), "test", None, tmp_path)
-    assert scores["n"] == 353  # the split the card records
+    assert scores["n"] == 543  # the split the card records
     for c in ("fetal_head", "intrapartum_transperineal"):  # the classes of >= 100 test images
         assert scores["per_class"][c]["recall"] >= 0.97 and scores["per_class"][c]["precision"] >= 0.97
     assert scores["accuracy"] >= 0.97

@@ -62,6 +62,7 @@ class ViewItem:
     frame: Optional[int] = None     # frame index when ``source`` is a video
     phantom_seed: Optional[int] = None  # a fetalkit head phantom of this seed (``source`` names it only)
     origin: str = ""                # the public set it comes from (per-source figures, leave-one-source-out)
+    derive: str = ""                # PSFHS: "nops" / "nofh", the scan with that structure blanked out
 
 
 def read_view_image(item: ViewItem) -> np.ndarray:
@@ -69,6 +70,12 @@ def read_view_image(item: ViewItem) -> np.ndarray:
     if item.phantom_seed is not None:
         from fetalkit.synth.phantom import head_phantom
         return head_phantom(item.phantom_seed).image
+    if item.derive:
+        from fetalkit.datasets.psfhs import FH_LABEL, PS_LABEL, read_psfhs_image
+        from fetalkit.detection.sources import psfhs_negative
+        label_path = item.source.parent.parent / "label" / item.source.name  # PSFHS: image/ beside label/
+        remove = PS_LABEL if item.derive == "nops" else FH_LABEL
+        return psfhs_negative(read_psfhs_image(item.source), read_psfhs_image(label_path), remove)[0]
     if item.frame is None:
         return read_gray(item.source)
     cap = cv2.VideoCapture(str(item.source))
@@ -87,9 +94,16 @@ def _hc18(root: Path) -> list[ViewItem]:
 
 
 def _psfhs(root: Path) -> list[ViewItem]:
+    """Every scan, and (PNG layout) each scan with one structure blanked out as the detector's
+    derived negatives are (symphysis for even ids, head for odd): still transperineal scans,
+    so that the domain check of masking keeps them, and the degraded frames beside them, inside."""
     items = list_psfhs(root)
-    return [ViewItem(it.image_path, "intrapartum_transperineal", g, origin="psfhs")
-            for it, g in zip(items, psfhs_groups([it.image_id for it in items]))]
+    groups = psfhs_groups([it.image_id for it in items])
+    out = [ViewItem(it.image_path, "intrapartum_transperineal", g, origin="psfhs") for it, g in zip(items, groups)]
+    out += [ViewItem(it.image_path, "intrapartum_transperineal", g, origin="psfhs",
+                     derive="nops" if int(it.image_id) % 2 == 0 else "nofh")
+            for it, g in zip(items, groups) if it.image_path.suffix.lower() == ".png"]
+    return out
 
 
 def _feecho4d(root: Path) -> list[ViewItem]:

@@ -333,6 +333,8 @@ def _frame_field(item: ViewItem) -> str:
     """What follows ``#`` in ``split.txt``: a video's frame index, ``phantom<seed>`` or nothing."""
     if item.phantom_seed is not None:
         return f"phantom{item.phantom_seed}"
+    if item.derive:
+        return item.derive
     return "" if item.frame is None else str(item.frame)
 
 
@@ -345,6 +347,8 @@ def split_items(run_dir: Path, part: str) -> list[ViewItem]:
             source, frame = where.rsplit("#", 1)
             if frame.startswith("phantom"):
                 out.append(ViewItem(Path(source), label, group, phantom_seed=int(frame[len("phantom"):])))
+            elif frame in ("nops", "nofh"):
+                out.append(ViewItem(Path(source), label, group, derive=frame))
             else:
                 out.append(ViewItem(Path(source), label, group, int(frame) if frame else None))
     return out
